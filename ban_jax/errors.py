@@ -1,0 +1,10 @@
+"""The one exception type for bad user input.
+
+Anything the user can fix (a config value, a path, a dataset, a checkpoint) raises `UserError`
+with a message that names the problem and the fix; `ban_jax.main` prints it as one line and
+exits with status 2, without a traceback.
+"""
+
+
+class UserError(Exception):
+  """Bad input that the user can fix; the message says what is wrong and what to do."""

@@ -1,0 +1,1 @@
+"""ban_jax.parallel."""
