@@ -1,0 +1,170 @@
+"""The grain input pipeline.
+
+tfds.data_source → grain.MapDataset → tokenize → pack into fixed-length windows (random access)
+→ seeded shuffle, a new permutation every epoch → batch (no batch spans two epochs) → per-process
+slice → global arrays for the mesh.
+
+Every element carries its window `index`; `Dataset.steps_per_epoch` marks epoch boundaries and
+`Dataset.fetch(indices)` reads any windows by index: Gravity Wells needs all three.
+"""
+
+import dataclasses
+import os
+import sys
+from typing import Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from ban_jax.data import packing
+from ban_jax.data import sources
+from ban_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class Split:
+  """One split, packed: `windows[i]` is a dict of arrays (see `packing.PackedWindows`)."""
+  windows: packing.PackedWindows
+  num_documents: int
+
+
+def _tokenized(source, tokenizer, text_key):
+  def tokenize(example):
+    try:
+      text = example[text_key]
+    except KeyError as e:
+      raise UserError(f"examples have no {text_key!r} field (fields: {sorted(example)}); set "
+                      "--config.data.text_key.") from e
+    return packing.frame(tokenizer.encode(text))
+  return grain.MapDataset.source(source).map(tokenize)
+
+
+def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> Split:
+  """Packs one TFDS split into windows of `cfg.seq_len` tokens."""
+  docs = _tokenized(source, tokenizer, cfg.text_key)
+  if len(docs) == 0:
+    raise UserError(f"split of {name} has no documents; check data.train_split/validation_split.")
+  key = f"{name}|{source}|{len(source)}|{tokenizer.name}"
+  cache_dir = cfg.cache_dir or sources.default_cache_dir()
+  if tokenizer.name == "bytes":
+    # The byte count is the token count: skip tokenizing.
+    lengths_fn = lambda: [len(source[i][cfg.text_key]) + 2 for i in range(len(source))]
+    lengths = packing.document_lengths(lengths_fn, key, cache_dir)
+  else:
+    lengths = packing.document_lengths(docs, key, cache_dir)
+  preload = int(lengths.sum()) <= cfg.preload_max_tokens
+  windows = packing.PackedWindows(docs, lengths, cfg.seq_len, preload=preload)
+  if len(windows) == 0:
+    raise UserError(f"a split of {name} has fewer than seq_len={cfg.seq_len} tokens.")
+  return Split(windows=windows, num_documents=len(docs))
+
+
+def text_split(text: bytes, tokenizer, seq_len: int) -> Split:
+  """A held-out text file as one document, packed like the splits."""
+  doc = packing.frame(tokenizer.encode(text))
+  windows = packing.PackedWindows([doc], np.array([len(doc)]), seq_len, preload=True)
+  return Split(windows=windows, num_documents=1)
+
+
+class _EpochOrder(grain.MapDataset):
+  """Element k of this process, over all epochs, from a per-epoch-shuffled parent.
+
+  Each epoch keeps `steps_per_epoch · global_batch` windows (the remainder waits for a later
+  epoch's permutation), so batches never straddle an epoch; process p of P reads the p-th slice
+  of every global batch.
+  """
+
+  def __init__(self, parent, global_batch, process_index, process_count):
+    super().__init__(parent)
+    self._global = global_batch
+    self._local = global_batch // process_count
+    self._offset = process_index * self._local
+    self._steps = len(parent) // global_batch
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __str__(self):
+    return "EpochOrder"
+
+  def __getitem__(self, k):
+    if isinstance(k, slice):
+      return self.slice(k)
+    epoch, j = divmod(int(k), self._steps * self._local)
+    step, row = divmod(j, self._local)
+    return self._parent[epoch * len(self._parent) + step * self._global + self._offset + row]
+
+
+class Dataset:
+  """Training batches, endless, in a data order fixed by the seed alone."""
+
+  def __init__(self, split: Split, *, global_batch: int, seed: int, read_threads: int = 2,
+               prefetch: int = 4):
+    count, index = jax.process_count(), jax.process_index()
+    if global_batch % count:
+      raise UserError(f"train.batch_size={global_batch} must be divisible by the "
+                      f"{count} processes.")
+    self.split = split
+    self.global_batch = global_batch
+    self.local_batch = global_batch // count
+    self.steps_per_epoch = len(split.windows) // global_batch
+    if self.steps_per_epoch == 0:
+      raise UserError(f"train.batch_size={global_batch} exceeds the {len(split.windows)} "
+                      "training windows; lower the batch size or data.seq_len.")
+    shuffled = grain.MapDataset.source(split.windows).shuffle(seed=seed)
+    self._batches = _EpochOrder(shuffled, global_batch, index, count).batch(self.local_batch)
+    self._read_options = grain.ReadOptions(num_threads=read_threads,
+                                           prefetch_buffer_size=prefetch)
+
+  def iterator(self) -> grain.DatasetIterator:
+    """A checkpointable iterator (`get_state`/`set_state`) over local batches."""
+    return iter(self._batches.to_iter_dataset(self._read_options))
+
+  def batch_at(self, step: int) -> dict[str, np.ndarray]:
+    """The local batch of `step`, by random access (tests, debugging)."""
+    return self._batches[step]
+
+  def fetch(self, indices) -> dict[str, np.ndarray]:
+    """Windows by index, stacked: [len(indices), ...] per field."""
+    items = [self.split.windows[int(i)] for i in np.asarray(indices).reshape(-1)]
+    return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
+def eval_batches(split: Split, batch_size: int, max_batches: int = 0
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """The split's windows in order, in full batches; the last is padded with zero-weight rows.
+
+  Args:
+    split: the packed split.
+    batch_size: rows per batch.
+    max_batches: stop after this many batches (0: the whole split).
+  """
+  n = len(split.windows)
+  num = -(-n // batch_size)
+  if max_batches:
+    num = min(num, max_batches)
+  for b in range(num):
+    rows = [split.windows[i] for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    pad = batch_size - len(rows)
+    if pad:
+      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    yield batch
+
+
+def heldout_path(configured: str) -> str | None:
+  """Resolves eval.heldout_path: "auto" finds ../shared/data/wikitext2_valid.txt beside the repo."""
+  if not configured:
+    return None
+  if configured == "auto":
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.normpath(
+        os.path.join(repo_root, "..", "shared", "data", "wikitext2_valid.txt"))
+    return path if os.path.exists(path) else None
+  if not os.path.exists(configured):
+    raise UserError(f"eval.heldout_path={configured} does not exist; point it at a UTF-8 text "
+                    "file, or set it to '' to skip the held-out evaluation.")
+  return configured

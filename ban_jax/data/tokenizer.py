@@ -1,0 +1,90 @@
+"""Tokenizers: UTF-8 bytes (default) and SentencePiece (optional).
+
+Both report `token_bytes`, the number of UTF-8 bytes each token id stands for, so that losses
+convert to bits per byte whatever the tokenizer: bits/byte = Σ nll / ln 2 / Σ token_bytes[target].
+"""
+
+import os
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from ban_jax.errors import UserError
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  token_bytes: np.ndarray  # int32 [vocab_size]
+  name: str                # a fingerprint, used to key caches
+
+  def encode(self, text: bytes | str) -> np.ndarray: ...
+  def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteTokenizer:
+  """UTF-8 bytes shifted past three specials: 0 = pad, 1 = begin, 2 = end of document."""
+
+  num_specials = 3
+  vocab_size = 256 + num_specials
+  name = "bytes"
+
+  def __init__(self):
+    self.token_bytes = np.concatenate(
+        [np.zeros(self.num_specials, np.int32), np.ones(256, np.int32)])
+
+  def encode(self, text: bytes | str) -> np.ndarray:
+    if isinstance(text, str):
+      text = text.encode("utf-8")
+    return np.frombuffer(text, np.uint8).astype(np.int32) + self.num_specials
+
+  def decode(self, ids: Iterable[int]) -> str:
+    ids = np.asarray(list(ids), np.int64)
+    data = (ids[ids >= self.num_specials] - self.num_specials).astype(np.uint8).tobytes()
+    return data.decode("utf-8", errors="replace")
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model whose pad/bos/eos ids are 0/1/2, as the byte tokenizer's."""
+
+  def __init__(self, model_path: str):
+    try:
+      import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise UserError("data.tokenizer='spm' needs sentencepiece: pip install -e '.[spm]'.") from e
+    if not os.path.exists(model_path):
+      raise UserError(f"SentencePiece model {model_path} does not exist; train one with "
+                      "ban_jax.data.tokenizer.train_sentencepiece or set data.tokenizer='bytes'.")
+    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    if (self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()) != (PAD, BOS, EOS):
+      raise UserError(f"SentencePiece model {model_path} must have pad/bos/eos ids 0/1/2; "
+                      "train it with ban_jax.data.tokenizer.train_sentencepiece.")
+    self.vocab_size = self._sp.get_piece_size()
+    self.name = f"spm{self.vocab_size}-{os.path.getsize(model_path)}"
+    self.token_bytes = np.array(
+        [0 if self._sp.is_control(i) or self._sp.is_unknown(i)
+         else len(self._sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+         for i in range(self.vocab_size)], np.int32)
+
+  def encode(self, text: bytes | str) -> np.ndarray:
+    if isinstance(text, bytes):
+      text = text.decode("utf-8", errors="replace")
+    return np.asarray(self._sp.encode(text), np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids if int(i) > EOS])
+
+
+def train_sentencepiece(texts: Iterable[bytes | str], model_prefix: str, vocab_size: int) -> str:
+  """Trains a unigram SentencePiece model with pad/bos/eos = 0/1/2; returns the model path."""
+  try:
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError("data.tokenizer='spm' needs sentencepiece: pip install -e '.[spm]'.") from e
+  sentences = (t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t for t in texts)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=sentences, model_prefix=model_prefix, vocab_size=vocab_size,
+      pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=3, byte_fallback=True,
+      max_sentence_length=1 << 20, character_coverage=0.9995, minloglevel=2)
+  return model_prefix + ".model"

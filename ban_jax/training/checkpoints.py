@@ -1,0 +1,73 @@
+"""orbax checkpoints of the train state together with the grain iterator's position."""
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ban_jax.errors import UserError
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()) or ())
+          for path, leaf in flat}
+
+
+class Checkpointer:
+  """Keep-N, optionally asynchronous checkpoints in `directory`, one per saved step.
+
+  Each step holds two items: `state` (the TrainState pytree) and `data` (the grain iterator
+  state), so a resumed run continues with the exact batch it would have seen next.
+  """
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=every_steps,
+        enable_async_checkpointing=async_save, create=True)
+    self._dir = directory
+    self._mngr = ocp.CheckpointManager(
+        directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
+    return self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+
+  def restore(self, step: int, abstract_state, data_iterator):
+    """Restores `step` into the shapes and shardings of `abstract_state`; moves the iterator."""
+    try:
+      meta = self._mngr.item_metadata(step)["state"]
+    except Exception as e:  # orbax reports unreadable metadata in several types
+      raise UserError(f"checkpoint {self._dir}/{step} is unreadable ({type(e).__name__}: {e}); "
+                      "delete it or use a fresh --workdir.") from e
+    self._check_compatible(step, meta, abstract_state)
+    restored = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return restored["state"]
+
+  def _check_compatible(self, step, meta, abstract_state):
+    want, have = _shapes(abstract_state), _shapes(meta)
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    wrong = [(k, have[k], want[k]) for k in sorted(set(want) & set(have))
+             if np.prod(have[k]) != np.prod(want[k]) or have[k] != want[k]]
+    if missing or extra or wrong:
+      detail = (f"{wrong[0][0]} is {wrong[0][1]} there but {wrong[0][2]} in this config"
+                if wrong else f"arrays differ: missing {missing[:2]}, unexpected {extra[:2]}")
+      raise UserError(f"the checkpoint at {self._dir}/{step} was written by a different model "
+                      f"or optimizer ({detail}); resume with the config it was trained with "
+                      "(saved as config.json in the workdir) or use a fresh --workdir.")
+
+  def wait(self):
+    self._mngr.wait_until_finished()
+
+  def close(self):
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -1,0 +1,244 @@
+"""`train_and_evaluate(config, workdir)`: data → model → jitted steps → checkpoints → metrics."""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ban_jax import config_validation
+from ban_jax import models
+from ban_jax.data import pipeline
+from ban_jax.data import sources
+from ban_jax.errors import UserError
+from ban_jax.parallel import mesh as mesh_lib
+from ban_jax.training import checkpoints
+from ban_jax.training import optimizer as optimizer_lib
+from ban_jax.training import plots
+from ban_jax.training import sampling
+from ban_jax.training import steps as steps_lib
+from ban_jax.training import writers
+from ban_jax.training.state import TrainState
+
+# Fields that fix the shapes or meaning of the parameters; a resumed run must match them.
+RESUME_KEYS = ("model", "data.tokenizer", "data.spm_model", "data.spm_vocab_size")
+
+
+@dataclasses.dataclass
+class Data:
+  tokenizer: object
+  train: pipeline.Dataset
+  validation: pipeline.Split
+  heldout: pipeline.Split | None
+  name: str
+
+
+def build_data(config: ml_collections.ConfigDict) -> Data:
+  """Opens (building on first use) the dataset, the tokenizer and the held-out text."""
+  splits, name = sources.open_splits(config.data)
+  tokenizer = sources.make_tokenizer(config.data, splits["train"])
+  train = pipeline.open_split(splits["train"], name + ":train", tokenizer, config.data)
+  validation = pipeline.open_split(splits["validation"], name + ":validation", tokenizer,
+                                   config.data)
+  heldout = None
+  path = pipeline.heldout_path(config.eval.heldout_path)
+  if path:
+    with open(path, "rb") as f:
+      heldout = pipeline.text_split(f.read(), tokenizer, config.data.seq_len)
+  elif config.eval.heldout_path == "auto":
+    logging.info("held-out text ../shared/data/wikitext2_valid.txt not found: skipping the "
+                 "held-out evaluation.")
+  dataset = pipeline.Dataset(train, global_batch=config.train.batch_size, seed=config.seed,
+                             read_threads=config.data.read_threads, prefetch=config.data.prefetch)
+  logging.info("data %s: %d train windows (%d docs, %d tokens), %d validation windows; "
+               "%d steps per epoch", name, len(train.windows), train.num_documents,
+               train.windows.num_tokens, len(validation.windows), dataset.steps_per_epoch)
+  return Data(tokenizer, dataset, validation, heldout, name)
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` and proves it writable before any work starts."""
+  if not workdir:
+    raise UserError("--workdir is required: the folder for checkpoints, metrics and plots.")
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); pass a --workdir you "
+                    "can write to.") from e
+  return workdir
+
+
+def _select(config, keys):
+  out = {}
+  for key in keys:
+    node = config
+    for part in key.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+    out[key] = node.to_dict() if hasattr(node, "to_dict") else node
+  return out
+
+
+def _check_resumable(workdir: str, config):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  mine = _select(config, RESUME_KEYS)
+  theirs = _select(ml_collections.ConfigDict(saved), RESUME_KEYS)
+  for key in RESUME_KEYS:
+    if mine[key] != theirs[key]:
+      raise UserError(f"{workdir} holds a run trained with {key}={theirs[key]}, but this config "
+                      f"has {key}={mine[key]}; resume with the same settings or use a fresh "
+                      "--workdir.")
+
+
+def _write_json(path: str, obj):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def init_state(model, tx, config, rng) -> TrainState:
+  """A fresh TrainState (pure; run it under jit with output shardings)."""
+  init_rng, state_rng = jax.random.split(rng)
+  tokens = jnp.zeros([1, config.data.seq_len], jnp.int32)
+  params = model.init({"params": init_rng, "dropout": init_rng}, tokens,
+                      segment_ids=jnp.ones_like(tokens), positions=jnp.zeros_like(tokens),
+                      deterministic=True)["params"]
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=state_rng)
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def evaluate(eval_fn, params, split: pipeline.Split, batch_size: int, max_batches: int,
+             sharding) -> dict[str, float]:
+  """bits/byte and loss (nats/token) over a split."""
+  totals = {"nats": 0.0, "bytes": 0.0, "tokens": 0.0}
+  for batch in pipeline.eval_batches(split, batch_size, max_batches):
+    sums = jax.device_get(eval_fn(params, mesh_lib.global_batch(batch, sharding)))
+    for k in totals:
+      totals[k] += float(sums[k])
+  return {"bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1.0),
+          "loss": totals["nats"] / max(totals["tokens"], 1.0)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns final metrics."""
+  config_validation.validate(config)
+  workdir = prepare_workdir(workdir)
+  _check_resumable(workdir, config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  data = build_data(config)
+  model = models.get_model(config.model, data.tokenizer.vocab_size)
+  total_steps = config.train.steps
+  tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
+  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
+  token_bytes = jnp.asarray(data.tokenizer.token_bytes, jnp.float32)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_fn = functools.partial(init_state, model, tx, config)
+  abstract = jax.eval_shape(init_fn, rng)
+  state_sharding = mesh_lib.state_shardings(mesh, abstract)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sharding)
+
+  ckpt = checkpoints.Checkpointer(
+      os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
+      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  data_iter = data.train.iterator()
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, abstract, data_iter)
+    logging.info("resumed from %s at step %d", workdir, latest)
+  else:
+    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  num_params = count_params(abstract.params)
+  logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
+
+  train_step = jax.jit(
+      functools.partial(steps_lib.train_step, model=model, tx=tx, schedule=schedule,
+                        z_loss=config.train.z_loss, token_bytes=token_bytes),
+      in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
+      donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(steps_lib.eval_step, model=model,
+                                      token_bytes=token_bytes),
+                    in_shardings=(state_sharding.params, batch_sharding))
+
+  writer = writers.MetricWriter(workdir)
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  first_step = int(state.step)
+  progress = writers.Progress(total_steps, tokens_per_step, first_step)
+  pending = []
+  final = {}
+
+  def run_eval(step):
+    results = {f"eval/{k}": v for k, v in evaluate(
+        eval_fn, state.params, data.validation, config.eval.batch_size,
+        config.eval.max_batches, batch_sharding).items()}
+    if data.heldout is not None:
+      results.update({f"heldout/{k}": v for k, v in evaluate(
+          eval_fn, state.params, data.heldout, config.eval.batch_size,
+          config.eval.heldout_max_batches, batch_sharding).items()})
+    writer.write_scalars(step, results)
+    logging.info("step %d eval: %s", step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+    return results
+
+  with mesh:
+    for step in range(first_step, total_steps):
+      batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      done = step + 1
+      if done % config.train.log_every == 0 or done == total_steps:
+        host = jax.device_get(pending)
+        scalars = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+        scalars["train/epoch"] = done / data.train.steps_per_epoch
+        rates = progress.report(done)
+        writer.write_scalars(done, {**scalars, **{f"perf/{k}": v for k, v in rates.items()}})
+        writers.log_progress(done, total_steps, scalars, rates)
+        final.update(scalars)
+        pending = []
+      if done % config.eval.every_steps == 0 or done == total_steps:
+        final.update(run_eval(done))
+      ckpt.save(done, state, data_iter, force=done == total_steps)
+    if first_step >= total_steps:
+      final.update(run_eval(first_step))
+
+  sample = sampling.generate(
+      model, state.params, data.tokenizer, config.eval.sample_prompt,
+      length=config.eval.sample_length, seq_len=config.data.seq_len,
+      temperature=config.eval.sample_temperature,
+      rng=jax.random.fold_in(state.rng, 1 << 30))
+  writer.write_text(total_steps, "sample", sample)
+  writer.close()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "sample.txt"), "w") as f:
+      f.write(sample + "\n")
+    plots.loss_curve(writers.read_metrics(workdir), os.path.join(workdir, "loss_curve.png"),
+                     steps_per_epoch=data.train.steps_per_epoch,
+                     title=f"{config.model.name} on {data.name}")
+    final.update({"num_params": num_params, "steps": total_steps})
+    _write_json(os.path.join(workdir, "final_metrics.json"), final)
+  logging.info("sample: %s", sample)
+  return final

@@ -1,0 +1,88 @@
+"""Metrics to TensorBoard event files and to `metrics.jsonl`, and progress lines.
+
+clu's metric writers would be the first choice, but importing `clu.metric_writers` (and
+`clu.periodic_actions`) imports TensorFlow, which this project does not install; tensorboardX
+writes the same event files without it.
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Scalars and texts to `workdir/tensorboard/` and `workdir/metrics.jsonl` (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self._enabled = jax.process_index() == 0
+    self._tb = None
+    self._jsonl = None
+    if self._enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+
+  def write_scalars(self, step: int, scalars: dict[str, float]):
+    if not self._enabled:
+      return
+    scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+
+  def write_text(self, step: int, tag: str, text: str):
+    if self._enabled:
+      self._tb.add_text(tag, text, step)
+
+  def flush(self):
+    if self._enabled:
+      self._tb.flush()
+      self._jsonl.flush()
+
+  def close(self):
+    if self._enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `workdir/metrics.jsonl`; a resumed run's repeated steps keep the latest."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  by_key = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        rec = json.loads(line)
+        by_key[(rec["step"], tuple(sorted(rec)))] = rec
+  return sorted(by_key.values(), key=lambda r: r["step"])
+
+
+class Progress:
+  """Steps/s, tokens/s and ETA between reports."""
+
+  def __init__(self, total_steps: int, tokens_per_step: int, first_step: int):
+    self._total = total_steps
+    self._tokens = tokens_per_step
+    self._last_step, self._last_time = first_step, time.perf_counter()
+
+  def report(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self._total - step) / rate if rate > 0 else float("inf")
+    return {"steps_per_sec": rate, "tokens_per_sec": rate * self._tokens, "eta_sec": eta}
+
+
+def log_progress(step: int, total: int, metrics: dict[str, float], progress: dict[str, float]):
+  eta = progress["eta_sec"]
+  eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
+  logging.info("step %d/%d (%.0f%%) loss %.4f bpb %.4f | %.2f steps/s %.0f tok/s ETA %s",
+               step, total, 100 * step / total, metrics.get("train/loss", float("nan")),
+               metrics.get("train/bits_per_byte", float("nan")), progress["steps_per_sec"],
+               progress["tokens_per_sec"], eta_text)

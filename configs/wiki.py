@@ -1,0 +1,123 @@
+"""Language modelling on English Wikipedia.
+
+Presets (`--config=configs/wiki.py:PRESET`):
+  default   the paper's scale, ~5M parameters, for a GPU/TPU run.
+  baseline  the transformer at the default's parameter count, everything else equal.
+  smoke     tiny: the README quickstart and the tests (minutes on 2 CPU cores).
+
+Any field can be overridden on the command line, e.g. `--config.train.steps=2000`.
+"""
+
+import ml_collections
+
+PRESETS = ("default", "baseline", "smoke")
+
+
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+  """Returns the config of `preset` (one of PRESETS)."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r} for configs/wiki.py; choose one of {PRESETS}, "
+                     "e.g. --config=configs/wiki.py:smoke")
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.seed = 0
+
+  # Where text comes from and how it becomes token windows.
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "bundled"          # bundled | dump | tfds
+  c.data.tfds_name = "wikipedia/20231101.en"  # for source=tfds (wiki40b/en works too)
+  c.data.tfds_data_dir = ""          # "" = TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  c.data.try_gcs = False             # source=tfds: read gs://tensorflow-datasets if reachable
+  c.data.dump_dir = ""               # source=dump: folder holding *pages-articles*.xml.bz2
+  c.data.build_workers = 1           # processes that clean wikitext when building a dump
+  c.data.train_split = "train"       # for wikipedia/20231101.en (train only): "train[:99%]"
+  c.data.validation_split = "validation"  # ... and "train[99%:]"
+  c.data.text_key = "text"
+  c.data.tokenizer = "bytes"         # bytes (vocab 259, metric = bits/byte) | spm
+  c.data.spm_model = ""              # spm: a trained model; "" trains one on the train split
+  c.data.spm_vocab_size = 4096
+  c.data.spm_train_documents = 20_000
+  c.data.seq_len = 512
+  c.data.preload_max_tokens = 100_000_000  # splits up to this size are held in memory
+  c.data.cache_dir = ""              # document-length cache; "" = ~/.cache/ban_jax
+  c.data.read_threads = 2
+  c.data.prefetch = 4
+
+  # The network. name selects the factory entry in ban_jax/models/__init__.py.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "transformer"
+  c.model.d_model = 256
+  c.model.num_layers = 6
+  c.model.num_heads = 8
+  c.model.num_kv_heads = 8           # < num_heads: grouped-query attention
+  c.model.head_dim = 32
+  c.model.mlp_dim = 1024
+  c.model.attention = "dot"          # dot | gravity | inverse_square
+  c.model.positional = "rope"        # rope | alibi | power_law | none
+  c.model.dropout_rate = 0.0
+  c.model.dtype = "bfloat16"         # activations; parameters stay float32
+  c.model.remat = False              # rematerialise each block in the backward pass
+
+  # Optimisation loop.
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 20_000
+  c.train.batch_size = 64            # global, over all devices
+  c.train.log_every = 50
+  c.train.z_loss = 1e-4              # log(Z)² penalty that keeps the softmax normaliser bounded
+
+  # AdamW with linear warm-up and cosine decay, global-norm clipping.
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 1_000
+  c.optimizer.end_learning_rate_ratio = 0.1
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip_norm = 1.0
+
+  # Validation bits/byte, the held-out text and a generated sample.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 1_000
+  c.eval.batch_size = 64
+  c.eval.max_batches = 0             # 0 = the whole validation split
+  c.eval.heldout_path = "auto"       # auto = ../shared/data/wikitext2_valid.txt if present; "" = off
+  c.eval.heldout_max_batches = 0
+  c.eval.sample_prompt = "The history of "
+  c.eval.sample_length = 256
+  c.eval.sample_temperature = 0.8
+
+  # orbax CheckpointManager.
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1_000
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  # Device mesh (data, fsdp). -1 takes every device left over.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.backend = ""                # "" = JAX's default; cpu | gpu | tpu to insist on one
+  c.mesh.data = -1
+  c.mesh.fsdp = 1                    # > 1 shards parameters and optimizer state
+
+  if preset == "smoke":
+    c.data.seq_len = 128
+    c.model.d_model = 64
+    c.model.num_layers = 2
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.head_dim = 16
+    c.model.mlp_dim = 256
+    c.model.dtype = "float32"
+    c.train.steps = 600
+    c.train.batch_size = 16
+    c.train.log_every = 50
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = 50
+    c.optimizer.weight_decay = 0.0
+    c.eval.every_steps = 200
+    c.eval.batch_size = 32
+    c.eval.max_batches = 20
+    c.eval.heldout_max_batches = 20
+    c.eval.sample_length = 200
+    c.checkpoint.every_steps = 200
+  return c
