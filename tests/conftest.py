@@ -1,7 +1,70 @@
-"""Shared test setup: CPU only, deterministic, quiet."""
+"""Shared test setup: CPU only, deterministic, quiet; the bundled dataset built once."""
 
 import os
+import sys
 
 # Tests run on the CPU (CI has no accelerator); a GPU box can opt in with BAN_JAX_TEST_PLATFORM.
 os.environ.setdefault("JAX_PLATFORMS", os.environ.get("BAN_JAX_TEST_PLATFORM", "cpu"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # for `import configs.wiki`
+
+
+def _shared_tmp(tmp_path_factory):
+  # Under pytest-xdist each worker has its own basetemp; their parent is shared by the run.
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """A TFDS data dir holding ban_wikipedia/sample (built once; workers wait on a lock)."""
+  from ban_jax.data import wikipedia  # pylint: disable=g-import-not-at-top
+  path = str(_shared_tmp(tmp_path_factory) / "tfds")
+  wikipedia.prepare("sample", path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+  return str(_shared_tmp(tmp_path_factory) / "ban_jax_cache")
+
+
+@pytest.fixture
+def tiny_config(tfds_dir, cache_dir):
+  """The smoke preset shrunk to seconds per run, reading the session's dataset."""
+  from configs import wiki  # pylint: disable=g-import-not-at-top
+
+  def make(**overrides):
+    c = wiki.get_config("smoke")
+    c.data.tfds_data_dir = tfds_dir
+    c.data.cache_dir = cache_dir
+    c.data.seq_len = 64
+    c.model.d_model = 32
+    c.model.num_layers = 1
+    c.model.num_heads = 2
+    c.model.num_kv_heads = 1
+    c.model.head_dim = 16
+    c.model.mlp_dim = 64
+    c.train.steps = 20
+    c.train.batch_size = 8
+    c.train.log_every = 5
+    c.optimizer.warmup_steps = 5
+    c.eval.every_steps = 10
+    c.eval.batch_size = 8
+    c.eval.max_batches = 2
+    c.eval.heldout_path = ""
+    c.eval.sample_length = 16
+    c.checkpoint.every_steps = 10
+    for dotted, value in overrides.items():
+      node = c
+      *parents, leaf = dotted.split("__")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    return c
+
+  return make

@@ -27,13 +27,33 @@ _DROP_LINK_PREFIXES = ("file:", "image:", "media:", "category:")
 _INTERWIKI = re.compile(r"^:?[a-z][a-z\-]{1,11}:", re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n{3,}")
 _SPACES = re.compile(r"[ \t]+")
+_TABLE_ROW = re.compile(r"^\s*(\||!|\{\|)")
+_REF_TAIL = re.compile(r"<ref[^>]*>.*?(</ref>|$)", re.IGNORECASE | re.MULTILINE)
+_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
+_FILE_LINK = re.compile(r"\[\[(?:file|image|media|category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]",
+                        re.IGNORECASE)
+_LINK = re.compile(r"\[\[([^|\]]*)(?:\|([^\]]*))?\]\]")
 
 
 def clean_wikitext(wikitext: str) -> str:
   """Returns the plain prose of one article's wikitext."""
-  text = _render(mwparserfromhell.parse(wikitext).nodes)
-  lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+  text = _residue(_render(mwparserfromhell.parse(wikitext).nodes))
+  lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")
+           if not _TABLE_ROW.match(line)]
   return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _residue(text: str) -> str:
+  # Malformed markup (an unclosed <ref>, a table the parser kept as text) reaches here as plain
+  # text: drop what is left of it.
+  text = _REF_TAIL.sub("", text)
+  while True:
+    new = _TEMPLATE.sub("", text)
+    if new == text:
+      break
+    text = new
+  text = _FILE_LINK.sub("", text)
+  return _LINK.sub(lambda m: m.group(2) if m.group(2) is not None else m.group(1), text)
 
 
 def _render(nodes) -> str:

@@ -30,6 +30,7 @@ from ban_jax.errors import UserError
 
 BUNDLED_DUMP = ("gensim/test/test_data/"
                 "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+DUMP_PATTERN = "*pages-articles*.xml*.bz2"
 
 
 def bundled_dump_path() -> str:
@@ -96,7 +97,7 @@ class BanWikipedia(tfds.core.GeneratorBasedBuilder):
     if self.builder_config.bundled:
       paths = [bundled_dump_path()]
     else:
-      pattern = os.path.join(str(dl_manager.manual_dir), "*pages-articles*.xml*.bz2")
+      pattern = os.path.join(str(dl_manager.manual_dir), DUMP_PATTERN)
       paths = sorted(glob.glob(pattern))
       if not paths:
         raise UserError(f"no MediaWiki dump matches {pattern}. "
@@ -150,9 +151,14 @@ def prepare(config_name: str, data_dir: str | None, dump_dir: str | None = None,
   """
   if config_name not in ("sample", "dump"):
     raise UserError(f"unknown ban_wikipedia config {config_name!r}: use 'sample' or 'dump'.")
-  if config_name == "dump" and not dump_dir:
-    raise UserError("data.source='dump' needs --config.data.dump_dir=FOLDER holding a "
-                    "*pages-articles*.xml.bz2 dump.")
+  if config_name == "dump":
+    if not dump_dir:
+      raise UserError("data.source='dump' needs --config.data.dump_dir=FOLDER holding a "
+                      "*pages-articles*.xml.bz2 dump.")
+    pattern = os.path.join(dump_dir, DUMP_PATTERN)
+    if not glob.glob(pattern):
+      raise UserError(f"no MediaWiki dump matches {pattern}. "
+                      + BanWikipedia.MANUAL_DOWNLOAD_INSTRUCTIONS)
   builder = BanWikipedia(config=config_name, data_dir=data_dir, workers=workers,
                          file_format="array_record")
   if builder.is_prepared():

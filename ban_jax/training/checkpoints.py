@@ -8,9 +8,18 @@ import orbax.checkpoint as ocp
 from ban_jax.errors import UserError
 
 
+def _key_name(entry) -> str:
+  for attr in ("name", "key", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
 def _shapes(tree) -> dict[str, tuple]:
+  """{"opt_state/1/0/mu/embed/embedding": shape}: saved metadata stores attributes as dict keys,
+  so paths are compared by their names alone."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()) or ())
+  return {"/".join(_key_name(e) for e in path): tuple(getattr(leaf, "shape", ()) or ())
           for path, leaf in flat}
 
 
@@ -23,9 +32,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=every_steps,
-        enable_async_checkpointing=async_save, create=True)
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self._dir = directory
+    self._every = every_steps
     self._mngr = ocp.CheckpointManager(
         directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -35,9 +44,12 @@ class Checkpointer:
     return self._mngr.latest_step()
 
   def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
-    return self._mngr.save(step, args=ocp.args.Composite(
+    """Saves at multiples of `every_steps`, or whenever `force`; returns whether it saved."""
+    if not force and step % self._every:
+      return False
+    return self._mngr.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+        data=grain.checkpoint.CheckpointSave(data_iterator)))
 
   def restore(self, step: int, abstract_state, data_iterator):
     """Restores `step` into the shapes and shardings of `abstract_state`; moves the iterator."""

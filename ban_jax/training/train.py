@@ -63,11 +63,22 @@ def build_data(config: ml_collections.ConfigDict) -> Data:
   return Data(tokenizer, dataset, validation, heldout, name)
 
 
-def prepare_workdir(workdir: str) -> str:
-  """Creates `workdir` and proves it writable before any work starts."""
+def check_workdir(workdir: str) -> str:
+  """Fails early if `workdir` could not be created or written; creates nothing."""
   if not workdir:
     raise UserError("--workdir is required: the folder for checkpoints, metrics and plots.")
   workdir = os.path.abspath(workdir)
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"workdir {workdir} is not writable ({parent} is not a writable folder); "
+                    "pass a --workdir you can write to.")
+  return workdir
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` and proves it writable."""
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test.{os.getpid()}")
@@ -80,14 +91,14 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def _select(config, keys):
-  out = {}
-  for key in keys:
-    node = config
-    for part in key.split("."):
-      node = node.get(part) if hasattr(node, "get") else None
-    out[key] = node.to_dict() if hasattr(node, "to_dict") else node
-  return out
+def _differences(a, b, prefix=""):
+  """Dotted keys whose values differ between two nested dicts."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [(prefix[:-1], a, b)]
 
 
 def _check_resumable(workdir: str, config):
@@ -96,12 +107,17 @@ def _check_resumable(workdir: str, config):
     return
   with open(path) as f:
     saved = json.load(f)
-  mine = _select(config, RESUME_KEYS)
-  theirs = _select(ml_collections.ConfigDict(saved), RESUME_KEYS)
+  mine = config.to_dict()
   for key in RESUME_KEYS:
-    if mine[key] != theirs[key]:
-      raise UserError(f"{workdir} holds a run trained with {key}={theirs[key]}, but this config "
-                      f"has {key}={mine[key]}; resume with the same settings or use a fresh "
+    block, _, field = key.partition(".")
+    a, b = saved.get(block, {}), mine.get(block, {})
+    if field:
+      a, b = a.get(field), b.get(field)
+    diff = _differences(a, b, key + ".")
+    if diff:
+      name, theirs, ours = diff[0]
+      raise UserError(f"{workdir} holds a run trained with {name}={theirs!r}, but this config "
+                      f"has {name}={ours!r}; resume with the same settings or use a fresh "
                       "--workdir.")
 
 
@@ -141,12 +157,14 @@ def evaluate(eval_fn, params, split: pipeline.Split, batch_size: int, max_batche
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns final metrics."""
+  # Everything that can fail on bad input runs before the workdir is touched.
   config_validation.validate(config)
-  workdir = prepare_workdir(workdir)
+  workdir = check_workdir(workdir)
   _check_resumable(workdir, config)
   mesh = mesh_lib.make_mesh(config.mesh)
   data = build_data(config)
   model = models.get_model(config.model, data.tokenizer.vocab_size)
+  prepare_workdir(workdir)
   total_steps = config.train.steps
   tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
   schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)

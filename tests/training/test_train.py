@@ -1,0 +1,164 @@
+"""train_and_evaluate end to end: outputs, learning, exact resume, and bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ban_jax.errors import UserError
+from ban_jax.training import train
+from ban_jax.training import writers
+from configs import wiki
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _flat(d, prefix=""):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _flat(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def _cli(config, workdir):
+  """The command line that runs `config` (given as overrides of the smoke preset)."""
+  base = dict(_flat(wiki.get_config("smoke").to_dict()))
+  flags = [f"--config.{k}={v}" for k, v in _flat(config.to_dict()) if base.get(k) != v]
+  return [sys.executable, "-m", "ban_jax.main", "--config=configs/wiki.py:smoke",
+          f"--workdir={workdir}", *flags]
+
+
+def _losses(workdir):
+  return {r["step"]: r["train/loss"] for r in writers.read_metrics(workdir) if "train/loss" in r}
+
+
+def test_run_writes_everything_and_learns(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(
+      tiny_config(train__steps=40, eval__every_steps=20, checkpoint__every_steps=20,
+                  optimizer__learning_rate=1e-2), workdir)
+  files = set(os.listdir(workdir))
+  assert {"checkpoints", "tensorboard", "metrics.jsonl", "loss_curve.png", "sample.txt",
+          "config.json", "final_metrics.json"} <= files
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{workdir}/tensorboard"))
+  assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["20", "40"]
+  with open(f"{workdir}/loss_curve.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(f"{workdir}/sample.txt") as f:
+    assert f.read().startswith("The history of ")
+  losses = _losses(workdir)
+  assert losses[40] < losses[5] - 0.5          # from ~ln(259) = 5.6 nats towards byte statistics
+  assert 0 < final["eval/bits_per_byte"] < 8
+  records = writers.read_metrics(workdir)
+  assert [r["step"] for r in records if "eval/bits_per_byte" in r] == [20, 40]
+  assert all("perf/tokens_per_sec" in r for r in records if "train/loss" in r)
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, tmp_path):
+  config = tiny_config(train__steps=20, train__log_every=1, checkpoint__every_steps=10,
+                       eval__every_steps=100)
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  straight = str(tmp_path / "straight")
+  subprocess.run(_cli(config, straight), cwd=REPO, env=env, check=True, capture_output=True)
+
+  broken = str(tmp_path / "broken")
+  proc = subprocess.Popen(_cli(config, broken), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(broken, "checkpoints")
+  deadline = time.time() + 300
+  while not os.path.isdir(os.path.join(ckpt_dir, "10")) and proc.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  # If the run finished before the kill landed, drop what it wrote after step 10: that is the
+  # disk state a kill between steps 10 and 20 leaves.
+  for name in os.listdir(ckpt_dir):
+    if name.isdigit() and int(name) > 10:
+      shutil.rmtree(os.path.join(ckpt_dir, name))
+
+  resumed = subprocess.run(_cli(config, broken), cwd=REPO, env=env, check=True,
+                           capture_output=True, text=True)
+  assert "at step 10" in resumed.stderr
+  want, got = _losses(straight), _losses(broken)
+  assert sorted(want) == list(range(1, 21))
+  for step in range(1, 21):
+    assert got[step] == want[step], step     # bitwise: same data order, keys and arithmetic
+
+
+def test_unwritable_workdir(tiny_config, tmp_path):
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  os.chmod(locked, 0o500)
+  try:
+    if os.access(locked, os.W_OK):
+      pytest.skip("running as a user who can write anywhere")
+    with pytest.raises(UserError, match="not writable"):
+      train.train_and_evaluate(tiny_config(), str(locked / "run"))
+  finally:
+    os.chmod(locked, 0o700)
+
+
+def test_workdir_under_a_file(tiny_config, tmp_path):
+  (tmp_path / "afile").write_text("x")
+  with pytest.raises(UserError, match="not writable"):
+    train.train_and_evaluate(tiny_config(), str(tmp_path / "afile" / "run"))
+
+
+def test_missing_dump_leaves_no_workdir(tiny_config, tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError, match="no MediaWiki dump matches"):
+    train.train_and_evaluate(
+        tiny_config(data__source="dump", data__dump_dir=str(tmp_path),
+                    data__tfds_data_dir=str(tmp_path / "tfds")), str(workdir))
+  assert not workdir.exists()
+
+
+def test_unreachable_tfds_dataset_is_one_clear_error(tiny_config, tmp_path):
+  with pytest.raises(UserError, match="cannot be read.*source=bundled"):
+    train.train_and_evaluate(
+        tiny_config(data__source="tfds", data__tfds_name="wikipedia/20231101.en",
+                    data__tfds_data_dir=str(tmp_path / "empty")), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_another_model_is_refused(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(train__steps=10), workdir)
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(UserError, match=r"model\.d_model=32.*model\.d_model=48"):
+    train.train_and_evaluate(tiny_config(train__steps=20, model__d_model=48), workdir)
+  # Without config.json the checkpoint's own shapes still catch it.
+  os.remove(os.path.join(workdir, "config.json"))
+  with pytest.raises(UserError, match="different model"):
+    train.train_and_evaluate(tiny_config(train__steps=20, model__d_model=48), workdir)
+  assert sorted(os.listdir(workdir)) == sorted(set(before) - {"config.json"})
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model__attention", "cosine", "model.attention"),
+    ("train__steps", 0, "train.steps"),
+    ("model__num_kv_heads", 3, "multiple of"),
+    ("model__name", "rnn", "model.name"),
+    ("mesh__data", 3, "does not fit"),
+])
+def test_bad_config_values(tiny_config, tmp_path, field, value, match):
+  with pytest.raises(UserError, match=match):
+    train.train_and_evaluate(tiny_config(**{field: value}), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_presets_validate():
+  for preset in wiki.PRESETS:
+    from ban_jax import config_validation  # pylint: disable=g-import-not-at-top
+    config_validation.validate(wiki.get_config(preset))
+  with pytest.raises(ValueError, match="unknown preset"):
+    wiki.get_config("tiny")
