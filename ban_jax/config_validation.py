@@ -10,10 +10,12 @@ CHOICES = {
     "model.attention": ("dot", "gravity", "inverse_square"),
     "model.positional": ("rope", "alibi", "power_law", "none"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "wells.mode": ("off", "wells", "uniform", "loss_rank"),
+    "wells.storage": ("dense", "table"),
 }
 POSITIVE = ("data.seq_len", "train.steps", "train.batch_size", "train.log_every",
             "eval.every_steps", "eval.batch_size", "checkpoint.every_steps", "checkpoint.keep")
-BLOCKS = ("data", "model", "train", "optimizer", "eval", "checkpoint", "mesh")
+BLOCKS = ("data", "model", "train", "optimizer", "eval", "checkpoint", "mesh", "wells")
 
 
 def _get(config, dotted):
@@ -44,3 +46,10 @@ def validate(config: ml_collections.ConfigDict):
       model.num_kv_heads <= 0 or model.num_heads % model.num_kv_heads):
     raise UserError(f"model.num_heads={model.num_heads} must be a multiple of "
                     f"model.num_kv_heads={model.num_kv_heads}.")
+  wells = config.wells
+  if wells.mode != "off":
+    if wells.per_example and wells.storage != "dense":
+      raise UserError("wells.per_example=True needs wells.storage='dense' (it keeps each "
+                      "example's last loss).")
+    if wells.mode == "loss_rank" and wells.rank_pressure < 1:
+      raise UserError(f"wells.rank_pressure={wells.rank_pressure} must be >= 1.")

@@ -93,11 +93,28 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
 
+  # Gravity Wells (seed 000 §5) and its controls: extra updates / batch selection from the loss.
+  c.wells = ml_collections.ConfigDict()
+  c.wells.mode = "off"               # off | wells | uniform (control) | loss_rank (baseline)
+  c.wells.per_example = False        # wells: each example's own loss drop (dense storage only)
+  c.wells.storage = "dense"          # dense (one slot per window) | table (fixed capacity)
+  c.wells.capacity = 65_536          # table storage: slots
+  c.wells.threshold = 0.02           # relative drop below the loss EMA that forms a well
+  c.wells.gain = 1.0                 # strength added per unit of relative drop
+  c.wells.ema_decay = 0.9            # the running loss estimate the drop is measured against
+  c.wells.warmup_steps = 100         # no wells while the EMA settles (and the LR warms up)
+  c.wells.decay = 0.5                # at each epoch end: strength ← baseline + decay·(s − baseline)
+  c.wells.baseline = 0.0
+  c.wells.floor = 1e-3               # wells weaker than this die
+  c.wells.inject_steps = ""          # uniform: JSON list of steps to inject at ("" = every step)
+  c.wells.rank_pressure = 100.0      # loss_rank: selection pressure s_e (first vs last rank)
+
   # Device mesh (data, fsdp). -1 takes every device left over.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.backend = ""                # "" = JAX's default; cpu | gpu | tpu to insist on one
   c.mesh.data = -1
   c.mesh.fsdp = 1                    # > 1 shards parameters and optimizer state
+  c.mesh.distributed = False         # multi-host (TPU pod slice, GPU cluster): jax.distributed
 
   if preset == "smoke":
     c.data.seq_len = 128

@@ -72,7 +72,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, (metrics, _)), grads = grad_fn(state.params, batch, rng, model=model, z_loss=z_loss,
                                      token_bytes=token_bytes)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, train_step=state.step)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads),
                  learning_rate=schedule(state.step))

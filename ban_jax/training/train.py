@@ -20,6 +20,7 @@ from ban_jax.data import sources
 from ban_jax.errors import UserError
 from ban_jax.parallel import mesh as mesh_lib
 from ban_jax.training import checkpoints
+from ban_jax.training import injection
 from ban_jax.training import optimizer as optimizer_lib
 from ban_jax.training import plots
 from ban_jax.training import sampling
@@ -161,6 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_validation.validate(config)
   workdir = check_workdir(workdir)
   _check_resumable(workdir, config)
+  if config.mesh.distributed:
+    jax.distributed.initialize()  # coordinator and process ids come from the environment
   mesh = mesh_lib.make_mesh(config.mesh)
   data = build_data(config)
   model = models.get_model(config.model, data.tokenizer.vocab_size)
@@ -171,9 +174,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   token_bytes = jnp.asarray(data.tokenizer.token_bytes, jnp.float32)
 
   rng = jax.random.PRNGKey(config.seed)
-  init_fn = functools.partial(init_state, model, tx, config)
+  mode = config.wells.mode
+  num_examples = len(data.train.split.windows)
+
+  def init_fn(rng):
+    state = init_state(model, tx, config, rng)
+    if mode != "off":
+      state = state.replace(wells=injection.init(
+          config.wells, num_examples, config.train.batch_size, jax.random.fold_in(rng, 1)))
+    return state
+
   abstract = jax.eval_shape(init_fn, rng)
   state_sharding = mesh_lib.state_shardings(mesh, abstract)
+  if mode != "off":
+    # Sampling takes a cumsum over every slot: keep the selection state whole on each device.
+    state_sharding = state_sharding.replace(wells=jax.tree.map(
+        lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        state_sharding.wells))
   batch_sharding = mesh_lib.batch_sharding(mesh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sharding)
@@ -192,11 +209,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_params = count_params(abstract.params)
   logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
 
-  train_step = jax.jit(
-      functools.partial(steps_lib.train_step, model=model, tx=tx, schedule=schedule,
-                        z_loss=config.train.z_loss, token_bytes=token_bytes),
-      in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
-      donate_argnums=(0,))
+  step_kw = dict(model=model, tx=tx, schedule=schedule, z_loss=config.train.z_loss,
+                 token_bytes=token_bytes)
+  if mode == "off":
+    train_step = jax.jit(functools.partial(steps_lib.train_step, **step_kw),
+                         in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, None), donate_argnums=(0,))
+  else:
+    train_step = jax.jit(
+        functools.partial(injection.train_step, **step_kw, cfg=config.wells,
+                          steps_per_epoch=data.train.steps_per_epoch, num_examples=num_examples,
+                          inject_flags=injection.load_inject_steps(config.wells.inject_steps,
+                                                                   total_steps)),
+        in_shardings=(state_sharding, batch_sharding, batch_sharding),
+        out_shardings=(state_sharding, None, None), donate_argnums=(0,))
+    host_queue = injection.HostQueue(state, mode, data.train)
+    trace = injection.StrengthTrace() if mode == "wells" else None
+    injected_steps = []
   eval_fn = jax.jit(functools.partial(steps_lib.eval_step, model=model,
                                       token_bytes=token_bytes),
                     in_shardings=(state_sharding.params, batch_sharding))
@@ -223,13 +252,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   with mesh:
     for step in range(first_step, total_steps):
-      batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
-      state, metrics = train_step(state, batch)
+      if mode == "off":
+        batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
+        state, metrics = train_step(state, batch)
+      else:
+        regular, extra = host_queue.next(data_iter)
+        state, metrics, draw = train_step(state, mesh_lib.global_batch(regular, batch_sharding),
+                                          mesh_lib.global_batch(extra, batch_sharding))
+        host_queue.push(draw)
       pending.append(metrics)
       done = step + 1
       if done % config.train.log_every == 0 or done == total_steps:
         host = jax.device_get(pending)
-        scalars = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+        if mode != "off":
+          injected_steps += [done - len(host) + i for i, m in enumerate(host) if m["injected"]]
+          if trace is not None:
+            trace.record(done, state)
+        # nanmean: extra_loss is NaN in steps without an extra update.
+        scalars = {f"train/{k}": float(np.nanmean(v)) for k in host[0]
+                   if not np.all(np.isnan(v := np.asarray([m[k] for m in host], np.float64)))}
         scalars["train/epoch"] = done / data.train.steps_per_epoch
         rates = progress.report(done)
         writer.write_scalars(done, {**scalars, **{f"perf/{k}": v for k, v in rates.items()}})
@@ -256,6 +297,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     plots.loss_curve(writers.read_metrics(workdir), os.path.join(workdir, "loss_curve.png"),
                      steps_per_epoch=data.train.steps_per_epoch,
                      title=f"{config.model.name} on {data.name}")
+    if mode != "off" and first_step < total_steps:
+      # Steps (0-based) whose extra update ran: the uniform control replays this list.
+      _write_json(os.path.join(workdir, f"injected_steps_from_{first_step}.json"),
+                  injected_steps)
+      if trace is not None:
+        trace.save(os.path.join(workdir, "well_strengths.png"), data.train.steps_per_epoch)
     final.update({"num_params": num_params, "steps": total_steps})
     _write_json(os.path.join(workdir, "final_metrics.json"), final)
   logging.info("sample: %s", sample)

@@ -61,9 +61,13 @@ def test_run_writes_everything_and_learns(tiny_config, tmp_path):
   assert all("perf/tokens_per_sec" in r for r in records if "train/loss" in r)
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, tmp_path):
+@pytest.mark.parametrize("wells_mode", ["off", "wells"])
+def test_kill_and_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, tmp_path,
+                                                                  wells_mode):
+  # With wells on, the wells, the loss EMA and the two pending well draws must all come back.
   config = tiny_config(train__steps=20, train__log_every=1, checkpoint__every_steps=10,
-                       eval__every_steps=100)
+                       eval__every_steps=100, wells__mode=wells_mode, wells__warmup_steps=2,
+                       wells__threshold=0.0)
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   straight = str(tmp_path / "straight")
   subprocess.run(_cli(config, straight), cwd=REPO, env=env, check=True, capture_output=True)
@@ -91,6 +95,10 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, t
   assert sorted(want) == list(range(1, 21))
   for step in range(1, 21):
     assert got[step] == want[step], step     # bitwise: same data order, keys and arithmetic
+  if wells_mode == "wells":
+    injected = {r["step"]: r["train/injected"] for r in writers.read_metrics(straight)
+                if "train/injected" in r}
+    assert sum(injected[s] for s in range(11, 21)) > 0   # wells were really re-injected
 
 
 def test_unwritable_workdir(tiny_config, tmp_path):
