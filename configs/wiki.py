@@ -43,20 +43,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.data.read_threads = 2
   c.data.prefetch = 4
 
-  # The network. name selects the factory entry in ban_jax/models/__init__.py.
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "transformer"
-  c.model.d_model = 256
-  c.model.num_layers = 6
-  c.model.num_heads = 8
-  c.model.num_kv_heads = 8           # < num_heads: grouped-query attention
-  c.model.head_dim = 32
-  c.model.mlp_dim = 1024
-  c.model.attention = "dot"          # dot | gravity | inverse_square
-  c.model.positional = "rope"        # rope | alibi | power_law | none
-  c.model.dropout_rate = 0.0
-  c.model.dtype = "bfloat16"         # activations; parameters stay float32
-  c.model.remat = False              # rematerialise each block in the backward pass
+  # The network. name selects the factory entry in ban_jax/models/__init__.py; the fields are
+  # that model's attributes. default: the Branched Attractor Network; baseline: the transformer
+  # at the same parameter count (their only difference is the per-position layer: the BAN's
+  # branched attractor against the transformer's 256→1024→256 feed-forward).
+  if preset == "baseline":
+    c.model = _transformer()
+  else:
+    c.model = _ban()
 
   # Optimisation loop.
   c.train = ml_collections.ConfigDict()
@@ -123,7 +117,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.model.num_heads = 4
     c.model.num_kv_heads = 2
     c.model.head_dim = 16
-    c.model.mlp_dim = 256
+    c.model.num_branches = 4
+    c.model.attractor_steps = 4
     c.model.dtype = "float32"
     c.train.steps = 600
     c.train.batch_size = 16
@@ -138,3 +133,54 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.eval.sample_length = 200
     c.checkpoint.every_steps = 200
   return c
+
+
+def _ban() -> ml_collections.ConfigDict:
+  """The Branched Attractor Network at ≈5M parameters (seed 000 §4)."""
+  m = ml_collections.ConfigDict()
+  m.name = "ban"
+  m.d_model = 256
+  m.num_layers = 6
+  m.num_heads = 8
+  m.num_kv_heads = 8                 # < num_heads: grouped-query attention
+  m.head_dim = 32
+  m.attention = "dot"                # dot | gravity | inverse_square (token mixing)
+  m.positional = "rope"              # rope | alibi | power_law | none
+  m.tagging = False                  # context tagging: a learned mass per token (key_mass)
+  # The branched attractor (per position): N branches, one focus iterated to a fixed point.
+  m.num_branches = 5
+  m.branch_width = 0                 # 0 = d_model
+  m.attractor_steps = 6              # z ← (1−α)z + α·tanh(zW + h + γ·influence), this many times
+  m.alpha = 0.5
+  m.gamma = 1.0
+  m.threshold = 0.02                 # peripheral signal below 2% of the focus drive is zeroed
+  m.cap = 0.15                       # ... and above it is capped at 15% of the focus drive
+  m.implicit_grad = False            # True: DEQ-style gradients, memory flat in attractor_steps
+  m.unroll = True                    # unroll the fixed-step loop (faster on GPU, same maths)
+  m.init_scale = 0.5                 # W starts orthogonal × 0.5: a contraction
+  m.routing = "scale"                # scale (top-1 routing) | straight_through
+  m.load_balance_weight = 0.01
+  m.tie_embeddings = True
+  m.dropout_rate = 0.0
+  m.dtype = "bfloat16"               # activations; parameters stay float32
+  m.remat = False
+  return m
+
+
+def _transformer() -> ml_collections.ConfigDict:
+  """The decoder-only transformer baseline at the BAN default's parameter count."""
+  m = ml_collections.ConfigDict()
+  m.name = "transformer"
+  m.d_model = 256
+  m.num_layers = 6
+  m.num_heads = 8
+  m.num_kv_heads = 8
+  m.head_dim = 32
+  m.mlp_dim = 1024
+  m.attention = "dot"
+  m.positional = "rope"
+  m.tagging = False
+  m.dropout_rate = 0.0
+  m.dtype = "bfloat16"
+  m.remat = False
+  return m

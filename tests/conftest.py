@@ -33,13 +33,20 @@ def cache_dir(tmp_path_factory):
   return str(_shared_tmp(tmp_path_factory) / "ban_jax_cache")
 
 
+PRESET = "baseline"  # what `tiny_config` starts from (and what CLI tests pass as the preset)
+
+
 @pytest.fixture
 def tiny_config(tfds_dir, cache_dir):
-  """The smoke preset shrunk to seconds per run, reading the session's dataset."""
+  """The transformer baseline shrunk to seconds per run, reading the session's dataset.
+
+  Tests of the training system use the transformer (fast to compile); the BAN's own tests and
+  the smoke run cover the default model.
+  """
   from configs import wiki  # pylint: disable=g-import-not-at-top
 
   def make(**overrides):
-    c = wiki.get_config("smoke")
+    c = wiki.get_config(PRESET)
     c.data.tfds_data_dir = tfds_dir
     c.data.cache_dir = cache_dir
     c.data.seq_len = 64
@@ -49,6 +56,7 @@ def tiny_config(tfds_dir, cache_dir):
     c.model.num_kv_heads = 1
     c.model.head_dim = 16
     c.model.mlp_dim = 64
+    c.model.dtype = "float32"
     c.train.steps = 20
     c.train.batch_size = 8
     c.train.log_every = 5

@@ -9,6 +9,7 @@ Every element carries its window `index`; `Dataset.steps_per_epoch` marks epoch 
 """
 
 import dataclasses
+import hashlib
 import os
 import sys
 from typing import Iterator
@@ -46,7 +47,10 @@ def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> 
   docs = _tokenized(source, tokenizer, cfg.text_key)
   if len(docs) == 0:
     raise UserError(f"split of {name} has no documents; check data.train_split/validation_split.")
-  key = f"{name}|{source}|{len(source)}|{tokenizer.name}"
+  # The key names the content, not just the dataset: a rebuilt dataset must not reuse lengths.
+  probe = [source[i][cfg.text_key] for i in sorted({0, len(source) // 2, len(source) - 1})]
+  digest = hashlib.sha1(b"\0".join(probe)).hexdigest()
+  key = f"{name}|{source}|{len(source)}|{tokenizer.name}|{digest}"
   cache_dir = cfg.cache_dir or sources.default_cache_dir()
   if tokenizer.name == "bytes":
     # The byte count is the token count: skip tokenizing.

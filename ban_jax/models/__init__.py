@@ -10,6 +10,7 @@ from ban_jax.errors import UserError
 # name -> module holding `from_config(model_config, vocab_size)`; imported on demand.
 REGISTRY = {
     "transformer": "ban_jax.models.transformer",
+    "ban": "ban_jax.models.ban",
 }
 
 

@@ -27,6 +27,7 @@ class Block(nn.Module):
   mlp_dim: int
   attention: str = "dot"
   positional: str = "rope"
+  tagging: bool = False
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
@@ -35,7 +36,8 @@ class Block(nn.Module):
     h = nn.RMSNorm(dtype=self.dtype, name="attn_norm")(x)
     h = SelfAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                       head_dim=self.head_dim, attention=self.attention,
-                      positional=self.positional, dtype=self.dtype, name="attn")(
+                      positional=self.positional, tagging=self.tagging, dtype=self.dtype,
+                      name="attn")(
                           h, segment_ids=segment_ids, positions=positions)
     x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     h = Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(nn.RMSNorm(dtype=self.dtype,
@@ -57,6 +59,7 @@ class TransformerLM(nn.Module):
   mlp_dim: int
   attention: str = "dot"
   positional: str = "rope"
+  tagging: bool = False
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
@@ -70,8 +73,8 @@ class TransformerLM(nn.Module):
     for i in range(self.num_layers):
       x = block(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
                 head_dim=self.head_dim, mlp_dim=self.mlp_dim, attention=self.attention,
-                positional=self.positional, dropout_rate=self.dropout_rate, dtype=self.dtype,
-                name=f"block_{i}")(x, segment_ids, positions, deterministic)
+                positional=self.positional, tagging=self.tagging,
+                dropout_rate=self.dropout_rate, dtype=self.dtype, name=f"block_{i}")(x, segment_ids, positions, deterministic)
     x = nn.RMSNorm(dtype=self.dtype, name="final_norm")(x)
     # Unit-variance embeddings as logits weights would make initial logits O(sqrt(d)): scale.
     return embed.attend(x * self.d_model ** -0.5).astype(jnp.float32)
@@ -82,4 +85,4 @@ def from_config(cfg, vocab_size: int) -> TransformerLM:
       vocab_size=vocab_size, d_model=cfg.d_model, num_layers=cfg.num_layers,
       num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
       mlp_dim=cfg.mlp_dim, attention=cfg.attention, positional=cfg.positional,
-      dropout_rate=cfg.dropout_rate, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)
+      tagging=cfg.get("tagging", False), dropout_rate=cfg.dropout_rate, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)

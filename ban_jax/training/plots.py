@@ -61,3 +61,54 @@ def well_strengths(steps: list[int], snapshots: list[dict[int, float]], path: st
   ax2.set_ylabel("active wells")
   ax2.set_title("wells alive")
   _atomic_save(fig, path)
+
+
+def focus_usage(records: list[dict], path: str) -> bool:
+  """Heatmap of how often each branch is the focus, per layer (last logged values)."""
+  import re  # pylint: disable=g-import-not-at-top
+  last = {}
+  for r in records:
+    for k, v in r.items():
+      m = re.match(r"train/diagnostics/layer_(\d+)/.*focus_usage_(\d+)$", k)
+      if m:
+        last[(int(m.group(1)), int(m.group(2)))] = v
+  if not last:
+    return False
+  layers = 1 + max(l for l, _ in last)
+  branches = 1 + max(b for _, b in last)
+  grid = [[last.get((l, b), float("nan")) for b in range(branches)] for l in range(layers)]
+  fig, ax = plt.subplots(figsize=(1.2 + 0.7 * branches, 1.2 + 0.5 * layers))
+  im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+  for l in range(layers):
+    for b in range(branches):
+      ax.text(b, l, f"{grid[l][b]:.2f}", ha="center", va="center", fontsize=7,
+              color="k" if grid[l][b] > 0.6 else "w")
+  ax.set(xlabel="branch", ylabel="layer", title="focus-branch usage (end of training)",
+         xticks=range(branches), yticks=range(layers))
+  fig.colorbar(im, ax=ax, fraction=0.05)
+  _atomic_save(fig, path)
+  return True
+
+
+def mass_heatmap(params, path: str) -> bool:
+  """Heatmap of the per-head gravity masses M = softplus(gravity_mass_log), layer × head."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  rows = sorted((k, np.logaddexp(0.0, np.asarray(v, np.float64)))
+                for k, v in flat.items() if k.endswith("gravity_mass_log"))
+  if not rows:
+    return False
+  grid = np.stack([v.reshape(-1) for _, v in rows])
+  fig, ax = plt.subplots(figsize=(1.5 + 0.5 * grid.shape[1], 1.2 + 0.5 * grid.shape[0]))
+  im = ax.imshow(grid, cmap="magma", aspect="auto")
+  for i in range(grid.shape[0]):
+    for j in range(grid.shape[1]):
+      bright = grid[i, j] > (grid.min() + grid.max()) / 2
+      ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+              color="k" if bright else "w")
+  ax.set(xlabel="head", ylabel="layer", title="gravity mass M_h per head",
+         xticks=range(grid.shape[1]), yticks=range(grid.shape[0]))
+  fig.colorbar(im, ax=ax, fraction=0.05)
+  _atomic_save(fig, path)
+  return True

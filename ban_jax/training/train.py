@@ -234,6 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokens_per_step = config.train.batch_size * config.data.seq_len
   first_step = int(state.step)
   progress = writers.Progress(total_steps, tokens_per_step, first_step)
+  run_start, eval_seconds = time.perf_counter(), 0.0
   pending = []
   final = {}
 
@@ -273,12 +274,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    if not np.all(np.isnan(v := np.asarray([m[k] for m in host], np.float64)))}
         scalars["train/epoch"] = done / data.train.steps_per_epoch
         rates = progress.report(done)
+        # Wall-clock spent training in this process (evaluation excluded), for speed comparisons.
+        rates["train_sec"] = time.perf_counter() - run_start - eval_seconds
         writer.write_scalars(done, {**scalars, **{f"perf/{k}": v for k, v in rates.items()}})
         writers.log_progress(done, total_steps, scalars, rates)
         final.update(scalars)
         pending = []
       if done % config.eval.every_steps == 0 or done == total_steps:
+        eval_start = time.perf_counter()
         final.update(run_eval(done))
+        eval_seconds += time.perf_counter() - eval_start
       ckpt.save(done, state, data_iter, force=done == total_steps)
     if first_step >= total_steps:
       final.update(run_eval(first_step))
@@ -297,6 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     plots.loss_curve(writers.read_metrics(workdir), os.path.join(workdir, "loss_curve.png"),
                      steps_per_epoch=data.train.steps_per_epoch,
                      title=f"{config.model.name} on {data.name}")
+    plots.focus_usage(writers.read_metrics(workdir), os.path.join(workdir, "focus_usage.png"))
+    plots.mass_heatmap(jax.device_get(state.params), os.path.join(workdir, "mass_heatmap.png"))
     if mode != "off" and first_step < total_steps:
       # Steps (0-based) whose extra update ran: the uniform control replays this list.
       _write_json(os.path.join(workdir, f"injected_steps_from_{first_step}.json"),

@@ -22,8 +22,9 @@ SCRIPT = textwrap.dedent("""
     from configs import wiki
 
     assert jax.device_count() == 8
-    c = wiki.get_config("smoke")
-    c.model.d_model, c.model.mlp_dim, c.data.seq_len = 64, 128, 32
+    c = wiki.get_config("baseline")
+    c.model.d_model, c.model.mlp_dim, c.model.num_layers, c.data.seq_len = 64, 128, 2, 32
+    c.model.dtype = "float32"
     model = models.get_model(c.model, 259)
     tx = opt_lib.make_optimizer(c.optimizer, 10)
     sched = opt_lib.learning_rate_schedule(c.optimizer, 10)
