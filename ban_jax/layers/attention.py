@@ -1,0 +1,286 @@
+"""Causal self-attention for the language models, with gravity attention as an option.
+
+`SelfAttention` is the transformer's attention layer: projections, GQA, the score
+(`attention="dot" | "gravity" | "inverse_square"`, `ban_jax.ops.gravity`), the positional
+scheme (`positional="rope" | "alibi" | "power_law" | "none"`), optional context tagging, and a
+decode cache. `GravityAttentionFn` and `gravity_attention_fn` plug gravity attention into any
+linen model built on `nn.MultiHeadDotProductAttention` through its `attention_fn` argument.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ban_jax.errors import UserError
+from ban_jax.layers.positional import PowerLawField
+from ban_jax.layers.tagging import ContextTagging
+from ban_jax.ops import gravity as gravity_ops
+from ban_jax.ops import positional as pos_ops
+from ban_jax.ops import rope
+
+ATTENTIONS = ("dot", "gravity", "inverse_square")
+POSITIONALS = ("rope", "alibi", "power_law", "none")
+# Seed 002: "gravity_mass_log ... initialised at 0.5" read as the raw parameter, so the initial
+# mass is M = softplus(0.5) ≈ 0.974 and the largest logit M²/ε ≈ 9.5 (with M = 0.5 it would be
+# 2.5, too flat for a head to single out one token among hundreds).
+DEFAULT_MASS_INIT = 0.5
+
+
+class SelfAttention(nn.Module):
+  """Multi-head causal self-attention with grouped key/value heads.
+
+  Attributes:
+    num_heads: query heads.
+    num_kv_heads: key/value heads; must divide `num_heads` (GQA when smaller).
+    head_dim: width of one head.
+    attention: score: "dot", "gravity" (seed 002) or "inverse_square".
+    positional: "rope", "alibi", "power_law" (learnable per head, seed 003) or "none".
+    dtype: computation dtype.
+    tagging: give every key a learned mass m_j (`ContextTagging`) used as `key_mass`.
+    mass_init: initial raw `gravity_mass_log` (M = softplus(raw)); "gravity" only, since the
+      mass cancels in "inverse_square" and "dot" stays the plain baseline.
+    eps: the softening ε of the distance.
+    implementation: "auto", "xla", "reference" or "pallas" for the gravity op. With "auto",
+      plain dot-product attention (no tagging, RoPE or no positions, not decoding) runs
+      `jax.nn.dot_product_attention` (cuDNN where available); there, padding rows (segment 0)
+      get finite but meaningless outputs instead of zeros.
+    block_size: query and key block of the "xla" implementation.
+    decode: keep a key/value cache in the "cache" collection (see `__call__`).
+    rope_max_wavelength: RoPE's longest wavelength.
+  """
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  attention: str = "dot"
+  positional: str = "rope"
+  dtype: Any = jnp.float32
+  tagging: bool = False
+  mass_init: float = DEFAULT_MASS_INIT
+  eps: float = 0.1
+  implementation: str = "auto"
+  block_size: int = gravity_ops.DEFAULT_BLOCK_K
+  decode: bool = False
+  rope_max_wavelength: float = 10_000.0
+
+  @nn.compact
+  def __call__(self, x, *, segment_ids=None, positions=None):
+    """Attends causally within each segment.
+
+    Args:
+      x: [batch, length, features].
+      segment_ids: int [batch, length]; packed documents do not attend to each other and 0 is
+        padding. None: one document.
+      positions: int [batch, length], position within the document (RoPE and the positional
+        fields). None: 0, 1, ... (while decoding: the cache slots of the new tokens).
+
+    Returns:
+      [batch, length, features].
+
+    Decoding: with `decode=True`, `init` on a [batch, max_length, features] input sizes the
+    cache; each later `apply(..., mutable=["cache"])` takes the next `length` >= 1 tokens
+    (a prompt, then one at a time), writes their keys and values at the cache index, and
+    attends to everything cached so far.
+    """
+    if self.attention not in ATTENTIONS:
+      raise UserError(f"attention={self.attention!r} is unknown; use one of {ATTENTIONS}.")
+    if self.positional not in POSITIONALS:
+      raise UserError(f"positional={self.positional!r} is unknown; use one of {POSITIONALS}.")
+    if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
+      raise UserError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                      f"({self.num_kv_heads}).")
+    batch, length, features = x.shape
+    decoding = self.decode and self.has_variable("cache", "cached_key")
+    index = None
+    if decoding:
+      index = self.get_variable("cache", "cache_index")
+    if positions is None:
+      start = 0 if index is None else index
+      positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32),
+                                   (batch, length))
+
+    dense = lambda heads, name: nn.DenseGeneral(
+        (heads, self.head_dim), use_bias=False, dtype=self.dtype, name=name)
+    q = dense(self.num_heads, "query")(x)
+    k = dense(self.num_kv_heads, "key")(x)
+    v = dense(self.num_kv_heads, "value")(x)
+    if self.positional == "rope":
+      q = rope.apply(q, positions, max_wavelength=self.rope_max_wavelength)
+      k = rope.apply(k, positions, max_wavelength=self.rope_max_wavelength)
+    key_mass = ContextTagging(dtype=self.dtype, name="tagging")(x) if self.tagging else None
+
+    mass = None
+    if self.attention == "gravity":
+      raw = self.param("gravity_mass_log", nn.initializers.constant(self.mass_init),
+                       (self.num_heads,), jnp.float32)
+      mass = nn.softplus(raw)
+      self.sow("diagnostics", "gravity_mass_mean", jnp.mean(mass))
+    power_law = alibi = None
+    if self.positional == "power_law":
+      power_law = PowerLawField(self.num_heads, name="power_law")()
+    elif self.positional == "alibi":
+      alibi = jnp.asarray(pos_ops.alibi_slopes(self.num_heads))
+
+    op_args = dict(eps=self.eps, power_law=power_law, alibi_slopes=alibi, score=self.attention,
+                   implementation=self.implementation, block_k=self.block_size)
+    if self.decode:
+      out = self._cached(q, k, v, mass, key_mass, segment_ids, positions, op_args)
+    elif (self.attention == "dot" and self.implementation == "auto" and not self.tagging
+          and self.positional in ("rope", "none")):
+      mask = None
+      if segment_ids is not None:
+        mask = ((segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+                & (segment_ids[:, None, None, :] != 0))
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+    else:
+      out = gravity_ops.gravity_attention(q, k, v, mass, causal=True, segment_ids=segment_ids,
+                                          positions=positions, key_mass=key_mass,
+                                          block_q=self.block_size, **op_args)
+    return nn.DenseGeneral(features, axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                           name="out")(out)
+
+  def _cached(self, q, k, v, mass, key_mass, segment_ids, positions, op_args):
+    """Writes the new keys/values into the cache and attends to all of it."""
+    batch, length = q.shape[:2]
+    initialised = self.has_variable("cache", "cached_key")
+    c_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    c_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    c_pos = self.variable("cache", "cached_positions", jnp.zeros, (batch, length), jnp.int32)
+    c_seg = self.variable("cache", "cached_segment_ids", jnp.zeros, (batch, length), jnp.int32)
+    c_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    c_mass = None
+    if key_mass is not None:
+      c_mass = self.variable("cache", "cached_key_mass", jnp.ones, (batch, length), jnp.float32)
+    if segment_ids is None:
+      segment_ids = jnp.ones((batch, length), jnp.int32)
+    if not initialised:
+      # `init`: the input only sizes the cache; attend over it as an ordinary forward.
+      return gravity_ops.gravity_attention(q, k, v, mass, causal=True, segment_ids=segment_ids,
+                                           positions=positions, key_mass=key_mass, **op_args)
+    max_len = c_key.value.shape[1]
+    if length > max_len:
+      raise UserError(f"{length} new tokens do not fit a decode cache of length {max_len}; "
+                      "initialise the cache with a longer input.")
+    index = c_index.value
+    put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+        cache, new.astype(cache.dtype), index, 1)
+    c_key.value = put(c_key.value, k)
+    c_value.value = put(c_value.value, v)
+    c_pos.value = put(c_pos.value, positions.astype(jnp.int32))
+    c_seg.value = put(c_seg.value, segment_ids.astype(jnp.int32))
+    if c_mass is not None:
+      c_mass.value = put(c_mass.value, key_mass)
+    c_index.value = index + length
+    return gravity_ops.gravity_attention_decode(
+        q, c_key.value, c_value.value, mass, index=index,
+        segment_ids=(segment_ids, c_seg.value), positions=(positions, c_pos.value),
+        key_mass=None if c_mass is None else c_mass.value, **op_args)
+
+
+# Issue 3 names the gravity layer `GravityAttention`; it is the same module.
+GravityAttention = SelfAttention
+
+
+def gravity_attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout=True,
+                         dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
+                         precision=None, module=None, *, score="gravity", mass=None,
+                         mass_init=DEFAULT_MASS_INIT, eps=0.1, causal=False,
+                         implementation="auto"):
+  """Gravity attention with the call signature of `flax.linen.dot_product_attention`.
+
+  For `nn.MultiHeadDotProductAttention(attention_fn=...)`. The mass M per head comes from, in
+  order: `mass` if given (fixed); else, when flax passes `module` (it does when the layer is
+  called with `sow_weights=True`), a learnable `gravity_mass_log` parameter created on that
+  module; else the fixed M = softplus(mass_init). For a learnable mass in any model, pass a
+  `GravityAttentionFn()` instance instead, which owns the parameter.
+
+  Args:
+    query: [batch..., q_len, heads, head_dim].
+    key: [batch..., k_len, kv_heads, head_dim].
+    value: [batch..., k_len, kv_heads, v_dim].
+    bias: float broadcastable to [batch..., heads, q_len, k_len], or None.
+    mask: bool broadcastable to [batch..., heads, q_len, k_len] (True attends), or None; this
+      carries causality in flax models (`nn.make_causal_mask`).
+    broadcast_dropout: unused (no attention dropout).
+    dropout_rng: unused.
+    dropout_rate: must be 0 unless `deterministic`: attention dropout is not supported.
+    deterministic: see `dropout_rate`.
+    dtype: output dtype; None keeps the input dtype.
+    precision: ignored; the op picks full float32 precision itself.
+    module: the calling flax module, if flax passes it.
+    score: "gravity", "inverse_square" or "dot".
+    mass: fixed positive [heads] masses, or None.
+    mass_init: raw initial value of the mass parameter.
+    eps: distance softening ε.
+    causal: add a causal mask on top of `mask`.
+    implementation: as in `ban_jax.ops.gravity.gravity_attention`.
+
+  Returns:
+    [batch..., q_len, heads, v_dim].
+  """
+  del broadcast_dropout, dropout_rng, precision
+  if dropout_rate > 0.0 and not deterministic:
+    raise UserError("gravity attention has no attention dropout; set dropout_rate=0 on the "
+                    "attention layer (or run deterministic).")
+  heads = query.shape[-2]
+  if mass is None and score == "gravity":
+    if module is not None:
+      raw = module.param("gravity_mass_log", nn.initializers.constant(mass_init), (heads,),
+                         jnp.float32)
+    else:
+      raw = jnp.full((heads,), mass_init, jnp.float32)
+    mass = nn.softplus(raw)
+  batch_dims = query.shape[:-3]
+  flat = lambda x: x.reshape((-1,) + x.shape[-3:])
+  def flat_dense(x):
+    if x is None:
+      return None
+    x = jnp.asarray(x)
+    x = x.reshape((1,) * (len(batch_dims) + 3 - x.ndim) + x.shape)
+    if any(d != 1 for d in x.shape[:-3]):
+      x = jnp.broadcast_to(x, batch_dims + x.shape[-3:])
+    return x.reshape((-1,) + x.shape[-3:])
+  out = gravity_ops.gravity_attention(
+      flat(query), flat(key), flat(value), mass, eps=eps, causal=causal, bias=flat_dense(bias),
+      mask=flat_dense(mask), score=score, implementation=implementation)
+  out = out.reshape(batch_dims + out.shape[1:])
+  return out if dtype is None else out.astype(dtype)
+
+
+class GravityAttentionFn(nn.Module):
+  """A drop-in `attention_fn` for `nn.MultiHeadDotProductAttention` with a learnable mass.
+
+  Pass an instance (`nn.MultiHeadDotProductAttention(..., attention_fn=GravityAttentionFn())`):
+  flax adopts it as a submodule, so its `gravity_mass_log` [heads] parameter (M = softplus)
+  trains with the rest of the model. One instance shared by several layers shares one set of
+  masses; give each layer its own instance for per-layer masses.
+
+  Attributes:
+    score: "gravity", "inverse_square" or "dot".
+    mass_init: raw initial value of `gravity_mass_log` (M = softplus(mass_init)).
+    eps: distance softening ε.
+    causal: add a causal mask on top of the mask flax passes.
+    implementation: as in `ban_jax.ops.gravity.gravity_attention`.
+  """
+  score: str = "gravity"
+  mass_init: float = DEFAULT_MASS_INIT
+  eps: float = 0.1
+  causal: bool = False
+  implementation: str = "auto"
+
+  @nn.compact
+  def __call__(self, query, key, value, bias=None, mask=None, broadcast_dropout=True,
+               dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
+               precision=None, module=None):
+    """Same arguments and result as `gravity_attention_fn` (and flax's attention_fn)."""
+    del module
+    mass = None
+    if self.score == "gravity":
+      raw = self.param("gravity_mass_log", nn.initializers.constant(self.mass_init),
+                       (query.shape[-2],), jnp.float32)
+      mass = nn.softplus(raw)
+    return gravity_attention_fn(
+        query, key, value, bias=bias, mask=mask, dropout_rate=dropout_rate,
+        deterministic=deterministic, dtype=dtype, mass=mass, score=self.score, eps=self.eps,
+        causal=self.causal, implementation=self.implementation)

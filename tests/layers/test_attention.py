@@ -1,0 +1,219 @@
+"""Tests for ban_jax/layers/attention.py."""
+
+import bz2
+import importlib.metadata
+import re
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ban_jax.errors import UserError
+from ban_jax.layers import attention
+from ban_jax.ops import gravity as G
+
+WIKI_DUMP = ("gensim/test/test_data/"
+             "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+
+
+def _layer(**kw):
+  return attention.SelfAttention(**dict(dict(num_heads=4, num_kv_heads=2, head_dim=8,
+                                             block_size=8), **kw))
+
+
+def _x(batch=2, length=13, features=16, seed=0):
+  return jax.random.normal(jax.random.key(seed), (batch, length, features))
+
+
+@pytest.mark.parametrize("att, posn, tagging, want", [
+    ("dot", "rope", False, {"query", "key", "value", "out"}),
+    ("gravity", "none", False, {"query", "key", "value", "out", "gravity_mass_log"}),
+    ("inverse_square", "power_law", True, {"query", "key", "value", "out", "power_law",
+                                           "tagging"}),
+    ("gravity", "alibi", True, {"query", "key", "value", "out", "gravity_mass_log",
+                                "tagging"}),
+])
+def test_parameters(att, posn, tagging, want):
+  params = jax.eval_shape(lambda: _layer(attention=att, positional=posn, tagging=tagging).init(
+      jax.random.key(0), _x()))["params"]
+  assert set(params) == want
+  assert params["query"]["kernel"].shape == (16, 4, 8)
+  assert params["key"]["kernel"].shape == (16, 2, 8)
+
+
+def test_mass_starts_at_softplus_of_half():
+  params = jax.jit(_layer(attention="gravity").init)(jax.random.key(0), _x())["params"]
+  np.testing.assert_allclose(params["gravity_mass_log"], np.full(4, 0.5))
+  np.testing.assert_allclose(jax.nn.softplus(params["gravity_mass_log"]), 0.974077, rtol=1e-5)
+
+
+def test_layer_is_the_op_on_its_projections():
+  """Gravity + power law + tagging + GQA + packed segments: the layer output equals the op
+  applied by hand to the layer's own projections and parameters."""
+  layer = _layer(attention="gravity", positional="power_law", tagging=True, mass_init=1.3)
+  x = _x()
+  seg = jnp.asarray([[1] * 6 + [2] * 5 + [0] * 2] * 2)
+  pos = jnp.asarray([list(range(6)) + list(range(5)) + [0, 0]] * 2)
+  params = jax.jit(layer.init)(jax.random.key(0), x)["params"]
+  params["tagging"]["mass"]["kernel"] = 0.3 * jax.random.normal(jax.random.key(1), (16, 1))
+  got, state = jax.jit(lambda p: layer.apply(
+      {"params": p}, x, segment_ids=seg, positions=pos,
+      mutable=["intermediates", "diagnostics"]))(params)
+  p = params
+  q = jnp.einsum("btf,fhd->bthd", x, p["query"]["kernel"])
+  k = jnp.einsum("btf,fhd->bthd", x, p["key"]["kernel"])
+  v = jnp.einsum("btf,fhd->bthd", x, p["value"]["kernel"])
+  km = jax.nn.softplus(x @ p["tagging"]["mass"]["kernel"][:, 0] + p["tagging"]["mass"]["bias"])
+  pl = (jax.nn.softplus(p["power_law"]["power"]), jax.nn.softplus(p["power_law"]["scale"]))
+  o = G.gravity_attention(q, k, v, jax.nn.softplus(p["gravity_mass_log"]), segment_ids=seg,
+                          positions=pos, key_mass=km, power_law=pl, implementation="reference")
+  want = jnp.einsum("bthd,hdf->btf", o, p["out"]["kernel"])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  sown = state["intermediates"]["tagging"]["key_mass"][0]
+  np.testing.assert_allclose(sown, km, rtol=1e-6)
+  mass_mean = state["diagnostics"]["gravity_mass_mean"][0]
+  np.testing.assert_allclose(mass_mean, np.log1p(np.exp(1.3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("att, posn, tagging", [
+    ("gravity", "power_law", True),
+    ("inverse_square", "alibi", False),
+    ("dot", "rope", False),        # full forward via jax.nn, decode via the op
+])
+def test_decode_with_cache_equals_full_forward(att, posn, tagging):
+  """Prefill 5 tokens, then one at a time into a cache longer than the text: every output
+  equals the full causal forward at that position."""
+  with jax.default_matmul_precision("highest"):   # jax.nn's float32 is TF32 on GPU otherwise
+    _check_decode(att, posn, tagging)
+
+
+def _check_decode(att, posn, tagging):
+  layer = _layer(attention=att, positional=posn, tagging=tagging)
+  x = _x(length=12)
+  params = jax.jit(layer.init)(jax.random.key(1), x)["params"]
+  full = jax.jit(layer.apply)({"params": params}, x)
+  dec = layer.clone(decode=True)
+  cache = jax.eval_shape(dec.init, jax.random.key(1), jnp.zeros((2, 16, 16)))["cache"]
+  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+  step = jax.jit(lambda cache, xt: dec.apply({"params": params, "cache": cache}, xt,
+                                              mutable=["cache"]))
+  out, state = step(cache, x[:, :5])
+  outs = [out]
+  for t in range(5, 12):
+    out, state = step(state["cache"], x[:, t:t + 1])
+    outs.append(out)
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=2e-6)
+  assert int(state["cache"]["cache_index"]) == 12
+
+
+def test_bad_configuration_raises_user_error():
+  with pytest.raises(UserError, match="attention"):
+    _layer(attention="cosine").init(jax.random.key(0), _x())
+  with pytest.raises(UserError, match="positional"):
+    _layer(positional="sinusoid").init(jax.random.key(0), _x())
+  with pytest.raises(UserError, match="num_kv_heads"):
+    _layer(num_kv_heads=3).init(jax.random.key(0), _x())
+
+
+# ------------------------------------------------------------------------------------------
+# Drop-in use in a model written for flax's own attention.
+
+
+class TinyLM(nn.Module):
+  """A byte-level causal LM built on nn.MultiHeadDotProductAttention; knows nothing of gravity."""
+  attention_fn: Callable = nn.dot_product_attention
+  features: int = 64
+  layers: int = 2
+
+  @nn.compact
+  def __call__(self, tokens):
+    length = tokens.shape[1]
+    x = nn.Embed(256, self.features)(tokens)
+    x = x + self.param("pos", nn.initializers.normal(0.02), (length, self.features))
+    mask = nn.make_causal_mask(tokens)
+    for _ in range(self.layers):
+      h = nn.LayerNorm()(x)
+      x = x + nn.MultiHeadDotProductAttention(num_heads=4, attention_fn=self.attention_fn)(
+          h, mask=mask)
+      h = nn.LayerNorm()(x)
+      x = x + nn.Dense(self.features)(nn.gelu(nn.Dense(4 * self.features)(h)))
+    return nn.Dense(256)(nn.LayerNorm()(x))
+
+
+def _wikipedia_bytes(limit=300_000):
+  """Article bodies (wiki markup) from the dump bundled with gensim, without importing it."""
+  path = importlib.metadata.distribution("gensim").locate_file(WIKI_DUMP)
+  with bz2.open(path, "rb") as f:
+    xml = f.read()
+  bodies = re.findall(rb"<text[^>]*>(.*?)</text>", xml, flags=re.S)
+  text = b"\n".join(bodies)
+  assert len(text) > limit
+  return np.frombuffer(text[:limit], np.uint8)
+
+
+def test_gravity_attention_fn_swapped_into_flax_model_trains_on_wikipedia():
+  data = _wikipedia_bytes()
+  length, batch, steps = 64, 16, 40
+  model = TinyLM(attention_fn=attention.GravityAttentionFn())
+  rng = np.random.default_rng(0)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
+  masses = jax.tree_util.tree_leaves_with_path(params)
+  masses = [leaf for path, leaf in masses if "gravity_mass_log" in jax.tree_util.keystr(path)]
+  assert len(masses) == 1 and masses[0].shape == (4,)
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def train_step(params, opt_state, tokens):
+    def loss_fn(params):
+      logits = model.apply({"params": params}, tokens[:, :-1])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = opt.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  opt_state = opt.init(params)
+  start_params = params
+  losses = []
+  for _ in range(steps):
+    starts = rng.integers(0, len(data) - length - 1, size=batch)
+    tokens = jnp.asarray(np.stack([data[s:s + length + 1] for s in starts]), jnp.int32)
+    params, opt_state, loss = train_step(params, opt_state, tokens)
+    losses.append(float(loss))
+  assert np.all(np.isfinite(losses))
+  first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+  assert last < first - 1.0, losses                      # from ~ln 256 = 5.5 down to ~3
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params,
+                                 start_params)
+  assert moved["attention_fn"]["gravity_mass_log"] > 0   # the mass is learnt
+
+
+def test_gravity_attention_fn_mass_sources():
+  """Fixed mass without a module; a learnable `gravity_mass_log` on the module flax passes
+  (sow_weights=True); the result equals the op with that mass and flax's mask."""
+  x = _x(length=9)
+  mha = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32,
+                                        attention_fn=attention.gravity_attention_fn)
+  mask = nn.make_causal_mask(jnp.ones((2, 9)))
+  params = jax.jit(lambda: mha.init(jax.random.key(0), x, mask=mask))()["params"]
+  assert "gravity_mass_log" not in params
+  out = jax.jit(lambda p: mha.apply({"params": p}, x, mask=mask))(params)
+  v2 = jax.jit(lambda: mha.init(jax.random.key(0), x, mask=mask, sow_weights=True))()
+  np.testing.assert_allclose(v2["params"]["gravity_mass_log"], np.full(4, 0.5))
+  out2 = jax.jit(lambda p: mha.apply({"params": p}, x, mask=mask, sow_weights=True,
+                                     mutable=["intermediates"])[0])(v2["params"])
+  np.testing.assert_allclose(out, out2, rtol=1e-6, atol=1e-6)
+  # By hand: projections, then the op with M = softplus(0.5) and a causal mask.
+  p = params
+  proj = lambda name: jnp.einsum("btf,fhd->bthd", x, p[name]["kernel"]) + p[name]["bias"]
+  o = G.gravity_attention(proj("query"), proj("key"), proj("value"),
+                          jnp.full(4, jax.nn.softplus(0.5)), causal=True,
+                          implementation="reference")
+  want = jnp.einsum("bthd,hdf->btf", o, p["out"]["kernel"]) + p["out"]["bias"]
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(UserError, match="dropout"):
+    attention.gravity_attention_fn(jnp.ones((1, 4, 2, 4)), jnp.ones((1, 4, 2, 4)),
+                                   jnp.ones((1, 4, 2, 4)), dropout_rate=0.1)
