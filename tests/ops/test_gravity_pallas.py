@@ -1,0 +1,190 @@
+"""Tests for ban_jax/ops/gravity_pallas.py (and _pallas_tpu.py) in Pallas interpret mode.
+
+Both lowerings (the Triton-shaped GPU kernels and the Mosaic-TPU-shaped kernels) run on the CPU
+through `interpret=True` and are compared, forward and every gradient, with the float64
+reference of `gravity.py` on fresh random inputs. Tiles are made small (16/32 rows for the GPU
+kernels, 128 for the TPU kernels, their smallest) so that every path runs at tiny lengths:
+several key and query blocks, fully visible blocks without a mask, diagonal blocks with one,
+blocks skipped by causality, and padded blocks from lengths that are not multiples of a block.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ban_jax.errors import UserError
+from ban_jax.ops import gravity as G
+from ban_jax.ops import gravity_pallas as GP
+
+# Triton-shaped kernels with small tiles; both backward kernels use other tiles than the forward.
+GPU_SMALL = GP.Options(backend="triton", interpret=True, block_q=16, block_k=32, block_q_dkv=32,
+                       block_k_dkv=16, block_q_dq=16, block_k_dq=16, approx_recip=False)
+TPU_SMALL = GP.Options(backend="mosaic_tpu", interpret=True, block_q=128, block_k=128,
+                       block_q_dkv=128, block_k_dkv=128, block_q_dq=128, block_k_dq=128,
+                       approx_recip=False)
+DIFF_ARGS = ("query", "key", "value", "mass", "key_mass", "power", "scale", "alibi")
+
+
+def rel_err(x, ref):
+  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+  return np.linalg.norm(x - ref) / np.linalg.norm(ref)
+
+
+def make_problem(seed, *, batch=2, q_len=37, k_len=None, heads=4, kv_heads=2, head_dim=16):
+  """Random inputs: two packed documents per row then padding, distances O(1)."""
+  rng = np.random.default_rng(seed)
+  k_len = k_len or q_len
+  lengths = (k_len // 2, k_len - k_len // 2 - 3, 3)
+  seg = np.concatenate([np.full(n, s) for n, s in zip(lengths, (1, 2, 0))]).astype(np.int32)
+  pos = np.concatenate([np.arange(n) for n in lengths]).astype(np.int32)
+  return dict(
+      query=rng.normal(size=(batch, q_len, heads, head_dim)) * 0.3,
+      key=rng.normal(size=(batch, k_len, kv_heads, head_dim)) * 0.3,
+      value=rng.normal(size=(batch, k_len, kv_heads, head_dim)),
+      mass=rng.uniform(1.0, 2.5, size=heads),
+      key_mass=rng.uniform(0.5, 2.0, size=(batch, k_len)),
+      power=rng.uniform(0.2, 1.5, size=heads),
+      scale=rng.uniform(0.2, 1.0, size=heads),
+      alibi=rng.uniform(0.01, 0.2, size=heads),
+      segment_ids=np.broadcast_to(seg, (batch, k_len)).copy(),
+      positions=np.broadcast_to(pos, (batch, k_len)).copy(),
+      cotangent=rng.normal(size=(batch, q_len, heads, head_dim)))
+
+
+def attend(prob, args, impl, options, *, score, features, causal=True, q_offset=None):
+  """gravity_attention on `args` (the DIFF_ARGS arrays) with the chosen features."""
+  a = dict(zip(DIFF_ARGS, args))
+  kw = dict(causal=causal, score=score, q_offset=q_offset)
+  q_len, k_len = a["query"].shape[1], a["key"].shape[1]
+  if "segments" in features:
+    kw["segment_ids"] = (prob["segment_ids"][:, -q_len:], prob["segment_ids"])
+  if "positions" in features:
+    kw["positions"] = (prob["positions"][:, -q_len:], prob["positions"])
+  if "key_mass" in features:
+    kw["key_mass"] = a["key_mass"]
+  if "power_law" in features:
+    kw["power_law"] = (a["power"], a["scale"])
+  if "alibi" in features:
+    kw["alibi_slopes"] = a["alibi"]
+  mass = None if score == "inverse_square" else a["mass"]
+  if impl == "pallas" and options is not None:
+    cfg, diff, aux = G._prepare(a["query"], a["key"], a["value"], mass, **kw)  # pylint: disable=protected-access
+    return GP.gravity_attention_pallas(cfg, diff, aux, options=options)
+  del k_len
+  return G.gravity_attention(a["query"], a["key"], a["value"], mass, implementation=impl, **kw)
+
+
+def out_and_grads(prob, impl, dtype, options=None, **kw):
+  """Output and the gradients of sum(out * cotangent) w.r.t. every differentiable input."""
+  fdt = jnp.float64 if dtype == jnp.float64 else jnp.float32
+  args = [jnp.asarray(prob[n], dtype if n in ("query", "key", "value") else fdt)
+          for n in DIFF_ARGS]
+  out, vjp = jax.vjp(lambda *a: attend(prob, a, impl, options, **kw), *args)
+  grads = vjp(jnp.asarray(prob["cotangent"][:, :out.shape[1]], out.dtype))
+  return out, dict(zip(DIFF_ARGS, grads))
+
+
+def assert_matches_reference(prob, dtype, options, bound, **kw):
+  out, grads = out_and_grads(prob, "pallas", dtype, options, **kw)
+  with jax.enable_x64(True):
+    ref_out, ref_grads = out_and_grads(prob, "reference", jnp.float64, **kw)
+  assert out.dtype == dtype
+  errs = {"out": rel_err(out, ref_out)}
+  for name, g in grads.items():
+    g, r = np.asarray(g, np.float64), np.asarray(ref_grads[name])
+    assert np.isfinite(g).all(), name
+    if np.linalg.norm(r) == 0:          # an unused input (its feature is off): exactly zero
+      assert np.linalg.norm(g) == 0, name
+    else:
+      errs[name] = rel_err(g, r)
+  bad = {k: f"{v:.2e}" for k, v in errs.items() if not v < bound}
+  assert not bad, f"errors over {bound}: {bad}; all: {errs}"
+  return errs
+
+
+ALL = ("segments", "positions", "key_mass", "power_law")
+
+
+@pytest.mark.parametrize("score", ["gravity", "inverse_square", "dot"])
+def test_gpu_kernels_every_score_with_all_features(score):
+  # GQA, two documents and padding ids, key masses, the power law, odd length (37 with 16/32
+  # tiles: padded query and key blocks), causal.
+  prob = make_problem(0)
+  assert_matches_reference(prob, jnp.float32, GPU_SMALL, 2e-5, score=score, features=ALL)
+
+
+def test_gpu_kernels_alibi_cross_lengths_and_q_offset():
+  # Queries are the last 21 of 70 keys (q_len != k_len, causal offset 49), ALiBi field.
+  prob = make_problem(1, q_len=21, k_len=70)
+  assert_matches_reference(prob, jnp.float32, GPU_SMALL, 2e-5, score="gravity",
+                           features=("alibi", "key_mass", "positions"))
+
+
+def test_gpu_kernels_not_causal_and_group_of_three():
+  prob = make_problem(2, q_len=29, heads=6, kv_heads=2)
+  assert_matches_reference(prob, jnp.float32, GPU_SMALL, 2e-5, score="gravity",
+                           features=ALL, causal=False)
+
+
+def test_gpu_kernels_bfloat16():
+  prob = make_problem(3, q_len=45)
+  errs = assert_matches_reference(prob, jnp.bfloat16, GPU_SMALL, 3e-2, score="gravity",
+                                  features=ALL)
+  assert errs["out"] > 1e-5            # really computed in bf16 (not silently upcast)
+
+
+def test_tpu_kernels_without_segments():
+  # 300 rows with 128-row tiles: three query and key blocks (one fully visible, unmasked; the
+  # diagonal ones masked; the last one padded), positions restarting mid-row, both fields.
+  # (Segments on the TPU kernels: the slow sweep.)
+  prob = make_problem(4, batch=1, q_len=300, heads=2, kv_heads=1, head_dim=8)
+  assert_matches_reference(prob, jnp.float32, TPU_SMALL, 2e-5, score="gravity",
+                           features=("positions", "key_mass", "power_law", "alibi"))
+
+
+def test_public_api_default_options_and_rows_that_see_nothing():
+  # implementation="pallas" through gravity_attention; a negative q_offset leaves the first
+  # queries with no visible key: zeros out, finite gradients.
+  prob = make_problem(5, q_len=24, k_len=20)
+  q_offset = -4
+  out, grads = out_and_grads(prob, "pallas", jnp.float32, score="gravity",
+                             features=("key_mass",), q_offset=q_offset)
+  with jax.enable_x64(True):
+    ref_out, ref_grads = out_and_grads(prob, "reference", jnp.float64, score="gravity",
+                                       features=("key_mass",), q_offset=q_offset)
+  assert np.all(np.asarray(out)[:, :4] == 0.0)
+  assert rel_err(out, ref_out) < 2e-5
+  for name in ("query", "key", "value", "mass", "key_mass"):
+    assert rel_err(grads[name], ref_grads[name]) < 2e-5, name
+
+
+def test_materialised_bias_falls_back_to_xla():
+  prob = make_problem(6, q_len=20)
+  rng = np.random.default_rng(0)
+  bias = jnp.asarray(rng.normal(size=(1, 4, 20, 20)), jnp.float32)
+  q, k, v = (jnp.asarray(prob[n], jnp.float32) for n in ("query", "key", "value"))
+  mass = jnp.asarray(prob["mass"], jnp.float32)
+  got = G.gravity_attention(q, k, v, mass, bias=bias, implementation="pallas")
+  want = G.gravity_attention(q, k, v, mass, bias=bias, implementation="xla")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_options_raise_user_error():
+  prob = make_problem(7, q_len=8)
+  args = [jnp.asarray(prob[n], jnp.float32) for n in DIFF_ARGS]
+  with pytest.raises(UserError, match="backend"):
+    attend(prob, args, "pallas", GPU_SMALL._replace(backend="cuda"), score="gravity",
+           features=())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [GPU_SMALL, TPU_SMALL], ids=["gpu", "tpu"])
+@pytest.mark.parametrize("score", ["gravity", "inverse_square", "dot"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_sweep(options, score, dtype, causal):
+  prob = make_problem(8, batch=1, q_len=140, heads=4, kv_heads=1)
+  bound = 2e-5 if dtype == jnp.float32 else 3e-2
+  assert_matches_reference(prob, dtype, options, bound, score=score, causal=causal,
+                           features=ALL + ("alibi",))
