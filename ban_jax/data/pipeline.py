@@ -31,15 +31,17 @@ class Split:
   num_documents: int
 
 
+def _text(example, text_key):
+  try:
+    return example[text_key]
+  except KeyError as e:
+    raise UserError(f"examples have no {text_key!r} field (fields: {sorted(example)}); set "
+                    "--config.data.text_key.") from e
+
+
 def _tokenized(source, tokenizer, text_key):
-  def tokenize(example):
-    try:
-      text = example[text_key]
-    except KeyError as e:
-      raise UserError(f"examples have no {text_key!r} field (fields: {sorted(example)}); set "
-                      "--config.data.text_key.") from e
-    return packing.frame(tokenizer.encode(text))
-  return grain.MapDataset.source(source).map(tokenize)
+  return grain.MapDataset.source(source).map(
+      lambda example: packing.frame(tokenizer.encode(_text(example, text_key))))
 
 
 def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> Split:
@@ -48,7 +50,8 @@ def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> 
   if len(docs) == 0:
     raise UserError(f"split of {name} has no documents; check data.train_split/validation_split.")
   # The key names the content, not just the dataset: a rebuilt dataset must not reuse lengths.
-  probe = [source[i][cfg.text_key] for i in sorted({0, len(source) // 2, len(source) - 1})]
+  probe = [_text(source[i], cfg.text_key)
+           for i in sorted({0, len(source) // 2, len(source) - 1})]
   digest = hashlib.sha1(b"\0".join(probe)).hexdigest()
   key = f"{name}|{source}|{len(source)}|{tokenizer.name}|{digest}"
   cache_dir = cfg.cache_dir or sources.default_cache_dir()

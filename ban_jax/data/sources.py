@@ -1,6 +1,7 @@
 """Where article text comes from: the bundled sample, a local dump, or any TFDS Wikipedia."""
 
 import os
+import re
 
 import ml_collections
 import tensorflow_datasets as tfds
@@ -73,7 +74,11 @@ def make_tokenizer(cfg: ml_collections.ConfigDict, train_source=None):
     if not path:
       cache = os.path.join(cfg.cache_dir or default_cache_dir(), "spm")
       os.makedirs(cache, exist_ok=True)
-      prefix = os.path.join(cache, f"{cfg.source}-{cfg.spm_vocab_size}")
+      # Named by everything that shaped it, so a changed setting trains a new model.
+      tag = re.sub(r"[^\w.-]+", "_", f"{cfg.source}-{cfg.tfds_name if cfg.source == 'tfds' else ''}"
+                   f"-{cfg.train_split}-{cfg.text_key}-v{cfg.spm_vocab_size}"
+                   f"-d{cfg.spm_train_documents}")
+      prefix = os.path.join(cache, tag)
       path = prefix + ".model"
       if not os.path.exists(path):
         if train_source is None:

@@ -62,10 +62,14 @@ class SentencePieceTokenizer:
                       "train it with ban_jax.data.tokenizer.train_sentencepiece.")
     self.vocab_size = self._sp.get_piece_size()
     self.name = f"spm{self.vocab_size}-{os.path.getsize(model_path)}"
-    self.token_bytes = np.array(
-        [0 if self._sp.is_control(i) or self._sp.is_unknown(i)
-         else len(self._sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
-         for i in range(self.vocab_size)], np.int32)
+    self.token_bytes = np.array([self._bytes_of(i) for i in range(self.vocab_size)], np.int32)
+
+  def _bytes_of(self, i: int) -> int:
+    if self._sp.is_control(i) or self._sp.is_unknown(i):
+      return 0
+    if self._sp.is_byte(i):  # byte-fallback pieces, written "<0xE2>", stand for one byte
+      return 1
+    return len(self._sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
 
   def encode(self, text: bytes | str) -> np.ndarray:
     if isinstance(text, bytes):
@@ -86,5 +90,8 @@ def train_sentencepiece(texts: Iterable[bytes | str], model_prefix: str, vocab_s
   spm.SentencePieceTrainer.train(
       sentence_iterator=sentences, model_prefix=model_prefix, vocab_size=vocab_size,
       pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=3, byte_fallback=True,
-      max_sentence_length=1 << 20, character_coverage=0.9995, minloglevel=2)
+      max_sentence_length=1 << 20, character_coverage=0.9995, minloglevel=2,
+      # Text in, same text out: no "▁" prepended, no Unicode or whitespace normalisation. Token
+      # bytes then add up to the text's bytes exactly, and bits/byte means what it says.
+      add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False)
   return model_prefix + ".model"

@@ -171,11 +171,6 @@ def train_step(state: TrainState, batch, extra, *, model, tx, schedule, z_loss, 
   return state, metrics, (draw_index, draw_active)
 
 
-def well_histogram(state: TrainState):
-  """The strength histogram of the wells (mode "wells"), for logging."""
-  return wells_lib.summary(state.wells.wells)["histogram"]
-
-
 class HostQueue:
   """The host's side of the queue: turns pending device draws into batches read by index."""
 
@@ -211,7 +206,8 @@ class StrengthTrace:
     self.steps, self.snapshots = [], []
     self._top = top
 
-  def record(self, step: int, state: TrainState):
+  def record(self, step: int, state: TrainState) -> np.ndarray:
+    """Keeps the wells alive at `step`; returns their strengths (float [active])."""
     w = state.wells.wells
     strength = np.asarray(jax.device_get(w.strength))
     ids = (np.arange(len(strength)) if w.ids is None
@@ -219,6 +215,7 @@ class StrengthTrace:
     keep = strength > 0
     self.steps.append(step)
     self.snapshots.append(dict(zip(ids[keep].tolist(), strength[keep].tolist())))
+    return strength[keep]
 
   def save(self, path: str, steps_per_epoch: int):
     from ban_jax.training import plots  # pylint: disable=g-import-not-at-top

@@ -268,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if mode != "off":
           injected_steps += [done - len(host) + i for i, m in enumerate(host) if m["injected"]]
           if trace is not None:
-            trace.record(done, state)
+            writer.write_histogram(done, "wells/strength", trace.record(done, state))
         # nanmean: extra_loss is NaN in steps without an extra update.
         scalars = {f"train/{k}": float(np.nanmean(v)) for k in host[0]
                    if not np.all(np.isnan(v := np.asarray([m[k] for m in host], np.float64)))}

@@ -34,6 +34,11 @@ class MetricWriter:
       self._tb.add_scalar(k, v, step)
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
 
+  def write_histogram(self, step: int, tag: str, values):
+    values = np.asarray(values, np.float64)
+    if self._enabled and values.size:
+      self._tb.add_histogram(tag, values, step, bins="auto")
+
   def write_text(self, step: int, tag: str, text: str):
     if self._enabled:
       self._tb.add_text(tag, text, step)
