@@ -9,7 +9,6 @@ holds compilation) and XLA's FLOPs per token of the train step. Writes
 bench/results/compare_<experiment>.json and .png.
 """
 
-import functools
 import json
 import os
 import sys
@@ -23,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ban_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ban_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -71,18 +69,13 @@ def arms(experiment: str):
 
 
 def flops_per_token(c, vocab_size: int) -> float:
-  model = models.get_model(c.model, vocab_size)
-  tx = optimizer_lib.make_optimizer(c.optimizer, c.train.steps)
-  schedule = optimizer_lib.learning_rate_schedule(c.optimizer, c.train.steps)
-  state = jax.eval_shape(functools.partial(train.init_state, model, tx, c),
-                         jax.random.PRNGKey(0))
+  """XLA's FLOP count of one compiled train step, per token."""
+  plan = train.build(c, vocab_size, mesh_lib.make_mesh(c.mesh),
+                     token_bytes=jnp.ones([vocab_size], jnp.float32))
   b, t = c.train.batch_size, c.data.seq_len
   batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32)
            for k in ("inputs", "targets", "segment_ids", "positions", "weights")}
-  step = jax.jit(functools.partial(steps_lib.train_step, model=model, tx=tx, schedule=schedule,
-                                   z_loss=c.train.z_loss,
-                                   token_bytes=jnp.ones([vocab_size], jnp.float32)))
-  compiled = step.lower(state, batch).compile()
+  compiled = plan.jit_step(steps_lib.train_step).lower(plan.abstract, batch).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"]) / (b * t)

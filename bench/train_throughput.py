@@ -8,7 +8,6 @@ random tokens of the preset's shape, so the input pipeline does not enter the fi
 table and writes bench/results/train_throughput_<backend>.json.
 """
 
-import functools
 import json
 import os
 import platform
@@ -22,9 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ban_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ban_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import wiki  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -39,19 +36,11 @@ VOCAB = 259
 
 def measure(preset: str) -> dict:
   c = wiki.get_config(preset)
-  mesh = mesh_lib.make_mesh(c.mesh)
-  model = models.get_model(c.model, VOCAB)
-  tx = optimizer_lib.make_optimizer(c.optimizer, c.train.steps)
-  schedule = optimizer_lib.learning_rate_schedule(c.optimizer, c.train.steps)
-  init = functools.partial(train.init_state, model, tx, c)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  shard = mesh_lib.state_shardings(mesh, abstract)
-  bsh = mesh_lib.batch_sharding(mesh)
-  state = jax.jit(init, out_shardings=shard)(jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(steps_lib.train_step, model=model, tx=tx, schedule=schedule,
-                                   z_loss=c.train.z_loss,
-                                   token_bytes=jnp.ones([VOCAB], jnp.float32)),
-                 in_shardings=(shard, bsh), out_shardings=(shard, None), donate_argnums=0)
+  plan = train.build(c, VOCAB, mesh_lib.make_mesh(c.mesh),
+                     token_bytes=jnp.ones([VOCAB], jnp.float32))
+  state = plan.init(jax.random.PRNGKey(0))
+  step = plan.jit_step(steps_lib.train_step)
+  bsh = plan.batch_sharding
   b, t = c.train.batch_size, c.data.seq_len
   rng = np.random.default_rng(0)
   tokens = rng.integers(3, VOCAB, size=(b, t + 1)).astype(np.int32)
@@ -78,7 +67,7 @@ def measure(preset: str) -> dict:
   median = float(np.median(times))
   return {
       "preset": preset, "model": c.model.name, "dtype": c.model.dtype,
-      "params": train.count_params(abstract.params), "batch": b, "seq_len": t,
+      "params": train.count_params(plan.abstract.params), "batch": b, "seq_len": t,
       "compile_s": compile_s, "step_ms_median": 1e3 * median,
       "step_ms_min": 1e3 * float(np.min(times)), "tokens_per_s": b * t / median,
       "xla_flops_per_step": flops, "achieved_tflops": flops / median / 1e12,

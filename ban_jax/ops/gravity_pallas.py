@@ -468,7 +468,7 @@ def _triton_forward(st, params, side, qn, kn, hp):
   batch, tqp, heads, dp = q.shape
   tkp, dvp = k.shape[1], v.shape[3]
   bq, bk, group = st.bq, st.bk, st.group
-  nq, nk = tqp // bq, tkp // bk
+  nq = tqp // bq
   nk_valid = -(-st.k_len // bk)
   rev = (lambda i: nq - 1 - i) if st.causal else (lambda i: i)   # long rows first
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -156,6 +157,62 @@ def evaluate(eval_fn, params, split: pipeline.Split, batch_size: int, max_batche
           "loss": totals["nats"] / max(totals["tokens"], 1.0)}
 
 
+@dataclasses.dataclass
+class Plan:
+  """One config on one mesh: the model, its optimizer, and sharded, jitted init and steps.
+
+  Attributes:
+    model, tx, schedule: the network, the optax transformation and its learning rate.
+    init: rng -> TrainState, jitted with the state's output shardings.
+    abstract: the TrainState as ShapeDtypeStructs carrying their shardings (restore target).
+    state_sharding, batch_sharding: shardings of the state pytree and of a batch.
+    step_kw: the keyword arguments every train step takes (model, tx, schedule, ...).
+  """
+  model: Any
+  tx: Any
+  schedule: Any
+  init: Callable[[jax.Array], TrainState]
+  abstract: TrainState
+  state_sharding: Any
+  batch_sharding: Any
+  step_kw: dict
+
+  def jit_step(self, fn: Callable, *, num_batches: int = 1, num_outputs: int = 2) -> Callable:
+    """jit(fn(state, *batches, **step_kw)) with shardings, the state donated."""
+    return jax.jit(functools.partial(fn, **self.step_kw),
+                   in_shardings=(self.state_sharding,) + (self.batch_sharding,) * num_batches,
+                   out_shardings=(self.state_sharding,) + (None,) * (num_outputs - 1),
+                   donate_argnums=(0,))
+
+
+def build(config: ml_collections.ConfigDict, vocab_size: int, mesh, *, token_bytes,
+          extend_state: Callable[[TrainState, jax.Array], TrainState] | None = None) -> Plan:
+  """Model, optimizer and sharded init for `config` on `mesh` (extend_state adds e.g. wells)."""
+  model = models.get_model(config.model, vocab_size)
+  total_steps = config.train.steps
+  tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
+  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
+
+  def init_fn(rng):
+    state = init_state(model, tx, config, rng)
+    return extend_state(state, rng) if extend_state else state
+
+  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  state_sharding = mesh_lib.state_shardings(mesh, abstract)
+  if abstract.wells is not None:
+    # Sampling takes a cumsum over every slot: keep the selection state whole on each device.
+    state_sharding = state_sharding.replace(wells=jax.tree.map(
+        lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        state_sharding.wells))
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sharding)
+  return Plan(model=model, tx=tx, schedule=schedule,
+              init=jax.jit(init_fn, out_shardings=state_sharding), abstract=abstract,
+              state_sharding=state_sharding, batch_sharding=mesh_lib.batch_sharding(mesh),
+              step_kw=dict(model=model, tx=tx, schedule=schedule, z_loss=config.train.z_loss,
+                           token_bytes=token_bytes))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns final metrics."""
   # Everything that can fail on bad input runs before the workdir is touched.
@@ -166,34 +223,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     jax.distributed.initialize()  # coordinator and process ids come from the environment
   mesh = mesh_lib.make_mesh(config.mesh)
   data = build_data(config)
-  model = models.get_model(config.model, data.tokenizer.vocab_size)
-  prepare_workdir(workdir)
-  total_steps = config.train.steps
-  tx = optimizer_lib.make_optimizer(config.optimizer, total_steps)
-  schedule = optimizer_lib.learning_rate_schedule(config.optimizer, total_steps)
-  token_bytes = jnp.asarray(data.tokenizer.token_bytes, jnp.float32)
-
-  rng = jax.random.PRNGKey(config.seed)
   mode = config.wells.mode
   num_examples = len(data.train.split.windows)
-
-  def init_fn(rng):
-    state = init_state(model, tx, config, rng)
-    if mode != "off":
-      state = state.replace(wells=injection.init(
-          config.wells, num_examples, config.train.batch_size, jax.random.fold_in(rng, 1)))
-    return state
-
-  abstract = jax.eval_shape(init_fn, rng)
-  state_sharding = mesh_lib.state_shardings(mesh, abstract)
+  extend = None
   if mode != "off":
-    # Sampling takes a cumsum over every slot: keep the selection state whole on each device.
-    state_sharding = state_sharding.replace(wells=jax.tree.map(
-        lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-        state_sharding.wells))
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_sharding)
+    extend = lambda state, rng: state.replace(wells=injection.init(
+        config.wells, num_examples, config.train.batch_size, jax.random.fold_in(rng, 1)))
+  token_bytes = jnp.asarray(data.tokenizer.token_bytes, jnp.float32)
+  plan = build(config, data.tokenizer.vocab_size, mesh, token_bytes=token_bytes,
+               extend_state=extend)
+  prepare_workdir(workdir)
+  total_steps = config.train.steps
+  rng = jax.random.PRNGKey(config.seed)
 
   ckpt = checkpoints.Checkpointer(
       os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
@@ -201,34 +242,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iter = data.train.iterator()
   latest = ckpt.latest_step()
   if latest is not None:
-    state = ckpt.restore(latest, abstract, data_iter)
+    state = ckpt.restore(latest, plan.abstract, data_iter)
     logging.info("resumed from %s at step %d", workdir, latest)
   else:
-    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
+    state = plan.init(rng)
     _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  num_params = count_params(abstract.params)
+  num_params = count_params(plan.abstract.params)
   logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
 
-  step_kw = dict(model=model, tx=tx, schedule=schedule, z_loss=config.train.z_loss,
-                 token_bytes=token_bytes)
   if mode == "off":
-    train_step = jax.jit(functools.partial(steps_lib.train_step, **step_kw),
-                         in_shardings=(state_sharding, batch_sharding),
-                         out_shardings=(state_sharding, None), donate_argnums=(0,))
+    train_step = plan.jit_step(steps_lib.train_step)
   else:
-    train_step = jax.jit(
-        functools.partial(injection.train_step, **step_kw, cfg=config.wells,
+    train_step = plan.jit_step(
+        functools.partial(injection.train_step, cfg=config.wells,
                           steps_per_epoch=data.train.steps_per_epoch, num_examples=num_examples,
                           inject_flags=injection.load_inject_steps(config.wells.inject_steps,
                                                                    total_steps)),
-        in_shardings=(state_sharding, batch_sharding, batch_sharding),
-        out_shardings=(state_sharding, None, None), donate_argnums=(0,))
+        num_batches=2, num_outputs=3)
     host_queue = injection.HostQueue(state, mode, data.train)
     trace = injection.StrengthTrace() if mode == "wells" else None
     injected_steps = []
-  eval_fn = jax.jit(functools.partial(steps_lib.eval_step, model=model,
+  batch_sharding = plan.batch_sharding
+  eval_fn = jax.jit(functools.partial(steps_lib.eval_step, model=plan.model,
                                       token_bytes=token_bytes),
-                    in_shardings=(state_sharding.params, batch_sharding))
+                    in_shardings=(plan.state_sharding.params, batch_sharding))
 
   writer = writers.MetricWriter(workdir)
   tokens_per_step = config.train.batch_size * config.data.seq_len
@@ -289,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       final.update(run_eval(first_step))
 
   sample = sampling.generate(
-      model, state.params, data.tokenizer, config.eval.sample_prompt,
+      plan.model, state.params, data.tokenizer, config.eval.sample_prompt,
       length=config.eval.sample_length, seq_len=config.data.seq_len,
       temperature=config.eval.sample_temperature,
       rng=jax.random.fold_in(state.rng, 1 << 30))

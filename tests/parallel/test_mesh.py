@@ -12,44 +12,34 @@ from ban_jax.errors import UserError
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = textwrap.dedent("""
-    import functools, json
+    import json
     import jax, jax.numpy as jnp, numpy as np
     import ml_collections
     from jax.sharding import Mesh
-    from ban_jax import models
     from ban_jax.parallel import mesh as mesh_lib
-    from ban_jax.training import optimizer as opt_lib, steps, train
+    from ban_jax.training import steps, train
     from configs import wiki
 
     assert jax.device_count() == 8
     c = wiki.get_config("baseline")
     c.model.d_model, c.model.mlp_dim, c.model.num_layers, c.data.seq_len = 64, 128, 2, 32
     c.model.dtype = "float32"
-    model = models.get_model(c.model, 259)
-    tx = opt_lib.make_optimizer(c.optimizer, 10)
-    sched = opt_lib.learning_rate_schedule(c.optimizer, 10)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, 259, size=(8, 33)).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
              "segment_ids": np.ones((8, 32), np.int32),
              "positions": np.tile(np.arange(32, dtype=np.int32), (8, 1)),
              "weights": np.ones((8, 32), np.float32), "index": np.arange(8, dtype=np.int32)}
-    token_bytes = jnp.ones([259], jnp.float32)
 
     def run(mesh):
-      init = functools.partial(train.init_state, model, tx, c)
-      abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-      shard = mesh_lib.state_shardings(mesh, abstract)
-      state = jax.jit(init, out_shardings=shard)(jax.random.PRNGKey(0))
-      step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, schedule=sched,
-                                       z_loss=1e-4, token_bytes=token_bytes),
-                     in_shardings=(shard, mesh_lib.batch_sharding(mesh)),
-                     out_shardings=(shard, None), donate_argnums=0)
+      plan = train.build(c, 259, mesh, token_bytes=jnp.ones([259], jnp.float32))
+      state = plan.init(jax.random.PRNGKey(0))
+      step = plan.jit_step(steps.train_step)
       losses = []
       for _ in range(3):
-        state, m = step(state, mesh_lib.global_batch(batch, mesh_lib.batch_sharding(mesh)))
+        state, m = step(state, mesh_lib.global_batch(batch, plan.batch_sharding))
         losses.append(float(m["loss"]))
-      specs = {str(s.spec) for s in jax.tree.leaves(shard.params)}
+      specs = {str(s.spec) for s in jax.tree.leaves(plan.state_sharding.params)}
       return losses, jax.device_get(state.params), specs
 
     one = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), mesh_lib.AXES)
