@@ -46,8 +46,17 @@ def validate(config: ml_collections.ConfigDict):
       model.num_kv_heads <= 0 or model.num_heads % model.num_kv_heads):
     raise UserError(f"model.num_heads={model.num_heads} must be a multiple of "
                     f"model.num_kv_heads={model.num_kv_heads}.")
+  if config.optimizer.warmup_steps >= config.train.steps:
+    raise UserError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} must be smaller "
+                    f"than train.steps={config.train.steps} (the schedule would never decay); "
+                    f"e.g. --config.optimizer.warmup_steps={config.train.steps // 10}.")
   wells = config.wells
   if wells.mode != "off":
+    for key, lo, hi in (("threshold", 0.0, float("inf")), ("gain", 0.0, float("inf")),
+                        ("ema_decay", 0.0, 0.999999), ("decay", 0.0, 1.0),
+                        ("baseline", 0.0, float("inf")), ("floor", 0.0, float("inf"))):
+      if not lo <= wells[key] <= hi:
+        raise UserError(f"wells.{key}={wells[key]} must lie in [{lo}, {hi}].")
     if wells.per_example and wells.storage != "dense":
       raise UserError("wells.per_example=True needs wells.storage='dense' (it keeps each "
                       "example's last loss).")

@@ -50,7 +50,9 @@ def _one_line_errors(fn, argv):
     missing = re.match(r"'?([\w.]+)'?", text)
     name = missing.group(1) if missing else "?"
     flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
-                 and a.split("=")[0].endswith("." + name)), f"--config...{name}")
+                 and a.split("=")[0].endswith("." + name)), None)
+    if flag is None:  # not an override's typo: the config file itself failed
+      _fail(f"the config file raised {type(e).__name__}: {text}")
     hint = re.search(r'Did you mean "([^"]+)"', text)
     _fail(f"{flag}: the config has no field '{name}'"
           + (f" (did you mean '{hint.group(1)}'?)" if hint else "")

@@ -35,6 +35,7 @@ Results: a printed table and JSON under bench/results/attention_<backend>.json.
 
 import argparse
 import json
+import importlib.util
 import os
 import platform
 import resource
@@ -89,9 +90,7 @@ def worker(cfg, result):
       return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=backend_impl)
   else:
     if impl == "pallas":
-      try:
-        from ban_jax.ops import gravity_pallas  # pylint: disable=g-import-not-at-top,unused-import
-      except ImportError:
+      if importlib.util.find_spec("ban_jax.ops.gravity_pallas") is None:
         result.update(status="unavailable", note="ban_jax.ops.gravity_pallas not found")
         return result
 

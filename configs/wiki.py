@@ -109,6 +109,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1                    # > 1 shards parameters and optimizer state
   c.mesh.distributed = False         # multi-host (TPU pod slice, GPU cluster): jax.distributed
+  c.mesh.coordinator_address = ""    # "" = detected (TPU, SLURM...); else "host:port" and ...
+  c.mesh.num_processes = 0           # ... the process count and ...
+  c.mesh.process_id = -1             # ... this process's id
 
   if preset == "smoke":
     c.data.seq_len = 128

@@ -23,8 +23,12 @@ _DROP_TAGS = frozenset({
 })
 # Link namespaces that carry no prose (files, categories) in an English dump.
 _DROP_LINK_PREFIXES = ("file:", "image:", "media:", "category:")
-# Interlanguage links ([[fr:Anarchisme]]) and interwiki prefixes.
-_INTERWIKI = re.compile(r"^:?[a-z][a-z\-]{1,11}:", re.IGNORECASE)
+# Interlanguage links ([[fr:Anarchisme]], [[zh-min-nan:...]]) and the sister-project prefixes; a
+# title such as [[Batman: Year One]] or [[Mission:Impossible]] is prose and stays.
+_INTERWIKI = re.compile(
+    r"^:?(?:[a-z]{2,3}(?:-[a-z]{2,8})*|(?i:wikt|wiktionary|commons|wikisource|wikiquote|"
+    r"wikibooks|wikinews|wikiversity|wikivoyage|wikispecies|species|wikidata|meta|mw|"
+    r"simple|voy|w|d|s|q|n|b|v)):")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _SPACES = re.compile(r"[ \t]+")
 _TABLE_ROW = re.compile(r"^\s*(\||!|\{\|)")
@@ -102,7 +106,12 @@ def iter_articles(path: str) -> Iterator[tuple[int, str, str]]:
   try:
     with opener(path, "rb") as f:
       page = {}
-      for _, elem in ET.iterparse(f, events=("end",)):
+      root = None
+      for event, elem in ET.iterparse(f, events=("start", "end")):
+        if event == "start":
+          if root is None:
+            root = elem
+          continue
         tag = elem.tag.rsplit("}", 1)[-1]
         if tag in ("title", "ns", "text") or (tag == "id" and "id" not in page):
           page.setdefault(tag, elem.text or "")
@@ -112,7 +121,8 @@ def iter_articles(path: str) -> Iterator[tuple[int, str, str]]:
           if page.get("ns") == "0" and not page.get("redirect"):
             yield int(page["id"]), page["title"], page.get("text", "")
           page = {}
-          elem.clear()
+          # Cleared pages stay attached to the root: on a full dump that is millions of them.
+          root.clear()
         elif tag == "revision":
           elem.clear()
   except FileNotFoundError as e:

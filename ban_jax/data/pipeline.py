@@ -39,6 +39,14 @@ def _text(example, text_key):
                     "--config.data.text_key.") from e
 
 
+def _scan(source, chunk: int = 1024):
+  """Every record in order, read a chunk at a time (ArrayRecord batches the reads)."""
+  getitems = getattr(source, "__getitems__", None)
+  for start in range(0, len(source), chunk):
+    idx = list(range(start, min(len(source), start + chunk)))
+    yield from (getitems(idx) if getitems else (source[i] for i in idx))
+
+
 def _tokenized(source, tokenizer, text_key):
   return grain.MapDataset.source(source).map(
       lambda example: packing.frame(tokenizer.encode(_text(example, text_key))))
@@ -57,7 +65,7 @@ def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> 
   cache_dir = cfg.cache_dir or sources.default_cache_dir()
   if tokenizer.name == "bytes":
     # The byte count is the token count: skip tokenizing.
-    lengths_fn = lambda: [len(source[i][cfg.text_key]) + 2 for i in range(len(source))]
+    lengths_fn = lambda: [len(_text(ex, cfg.text_key)) + 2 for ex in _scan(source)]
     lengths = packing.document_lengths(lengths_fn, key, cache_dir)
   else:
     lengths = packing.document_lengths(docs, key, cache_dir)
@@ -120,7 +128,10 @@ class Dataset:
     if self.steps_per_epoch == 0:
       raise UserError(f"train.batch_size={global_batch} exceeds the {len(split.windows)} "
                       "training windows; lower the batch size or data.seq_len.")
-    shuffled = grain.MapDataset.source(split.windows).shuffle(seed=seed)
+    # grain seeds epoch e with (seed + e): without mixing, run s's epoch 1 would be run s+1's
+    # epoch 0 and "independent" seeds would share data orders.
+    mixed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    shuffled = grain.MapDataset.source(split.windows).shuffle(seed=mixed)
     self._batches = _EpochOrder(shuffled, global_batch, index, count).batch(self.local_batch)
     self._read_options = grain.ReadOptions(num_threads=read_threads,
                                            prefetch_buffer_size=prefetch)
@@ -141,18 +152,20 @@ class Dataset:
 
 def eval_batches(split: Split, batch_size: int, max_batches: int = 0
                  ) -> Iterator[dict[str, np.ndarray]]:
-  """The split's windows in order, in full batches; the last is padded with zero-weight rows.
+  """Global batches of the split's windows, in order; the last is padded with zero-weight rows.
 
   Args:
     split: the packed split.
-    batch_size: rows per batch.
-    max_batches: stop after this many batches (0: the whole split).
+    batch_size: rows per (global) batch.
+    max_batches: at most this many batches (0: the whole split), spread evenly over the split so
+      that every part of it (every article of a small split) is represented.
   """
   n = len(split.windows)
   num = -(-n // batch_size)
-  if max_batches:
-    num = min(num, max_batches)
-  for b in range(num):
+  chosen = range(num)
+  if max_batches and max_batches < num:
+    chosen = np.linspace(0, num - 1, max_batches).round().astype(int)
+  for b in chosen:
     rows = [split.windows[i] for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     pad = batch_size - len(rows)

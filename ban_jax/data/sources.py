@@ -59,7 +59,8 @@ def _open_tfds(cfg, data_dir):
           f"data_dir={data_dir or tfds.core.constants.DATA_DIR} ({type(e).__name__}: "
           f"{str(e).splitlines()[0] if str(e) else ''}). On a Colab/Cloud TPU with the public "
           "bucket, set --config.data.tfds_data_dir=gs://tensorflow-datasets/datasets; elsewhere "
-          "prepare it first (`tfds build wikipedia/20231101.en`, needs apache-beam), or use a "
+          "prepare it in ArrayRecord format first (`tfds build wikipedia/20231101.en "
+          "--file_format=array_record`, needs apache-beam), or use a "
           "local dump (--config.data.source=dump --config.data.dump_dir=FOLDER), or the bundled "
           "sample (--config.data.source=bundled).") from e
   return splits, f"{cfg.tfds_name}"

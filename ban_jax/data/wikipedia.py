@@ -64,8 +64,11 @@ class BanWikipediaConfig(tfds.core.BuilderConfig):
 class BanWikipedia(tfds.core.GeneratorBasedBuilder):
   """Clean English Wikipedia article text from MediaWiki XML dumps."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Markup stripped with mwparserfromhell; split by title hash."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Markup stripped with mwparserfromhell; split by title hash.",
+      "1.1.0": "Only language and sister-project prefixes count as interwiki links.",
+  }
   BUILDER_CONFIGS = [
       BanWikipediaConfig(name="sample", bundled=True, validation_percent=10.0,
                          description="gensim's bundled 206-page enwiki dump."),
@@ -159,12 +162,20 @@ def prepare(config_name: str, data_dir: str | None, dump_dir: str | None = None,
     if not glob.glob(pattern):
       raise UserError(f"no MediaWiki dump matches {pattern}. "
                       + BanWikipedia.MANUAL_DOWNLOAD_INSTRUCTIONS)
-  builder = BanWikipedia(config=config_name, data_dir=data_dir, workers=workers,
+  config = config_name
+  if config_name == "dump":
+    # One dataset per set of dump files: a different dump never reuses an older build.
+    files = sorted(glob.glob(os.path.join(dump_dir, DUMP_PATTERN)))
+    stamp = hashlib.sha1("|".join(f"{os.path.basename(f)}:{os.path.getsize(f)}"
+                                  for f in files).encode()).hexdigest()[:10]
+    config = BanWikipediaConfig(name=f"dump-{stamp}", bundled=False, validation_percent=1.0,
+                                description=f"{len(files)} dump file(s) in {dump_dir}.")
+  builder = BanWikipedia(config=config, data_dir=data_dir, workers=workers,
                          file_format="array_record")
   if builder.is_prepared():
     return builder
   with _build_lock(str(builder.data_dir_root)):
-    builder = BanWikipedia(config=config_name, data_dir=data_dir, workers=workers,
+    builder = BanWikipedia(config=config, data_dir=data_dir, workers=workers,
                            file_format="array_record")
     if not builder.is_prepared():
       download_config = tfds.download.DownloadConfig(manual_dir=dump_dir)

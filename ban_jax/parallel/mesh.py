@@ -64,6 +64,14 @@ def state_shardings(mesh: Mesh, abstract_state):
   return jax.tree.map(rule, abstract_state)
 
 
+def process_slice(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's rows of a global host batch (its slice of the leading axis)."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return batch
+  return {k: v.reshape((count, -1) + v.shape[1:])[index] for k, v in batch.items()}
+
+
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Process-local numpy batch -> global jax arrays laid out by `sharding`."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

@@ -184,7 +184,10 @@ class HostQueue:
   def next(self, data_iterator):
     """(regular batch, extra batch) for the coming step, as host numpy dicts."""
     index, active = self._pending.pop(0)
-    index, active = np.asarray(index), bool(np.asarray(active))  # waits for step s-1 only
+    # Drawn two steps back: waiting for it does not wait for the step just dispatched.
+    index, active = np.asarray(index), bool(np.asarray(active))
+    # Draws are global (replicated); each process reads only its rows.
+    index = np.asarray(index).reshape(jax.process_count(), -1)[jax.process_index()]
     if self._mode == "loss_rank":
       batch = self._data.fetch(index)
       return batch, batch

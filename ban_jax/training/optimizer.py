@@ -12,10 +12,12 @@ import optax
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  # config_validation requires warmup_steps < total_steps; the clamp only keeps ad-hoc callers
+  # (benchmarks with few steps) on a well-formed schedule.
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.learning_rate,
-      warmup_steps=min(cfg.warmup_steps, max(total_steps - 1, 1)),
-      decay_steps=max(total_steps, cfg.warmup_steps + 1),
+      init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
       end_value=cfg.learning_rate * cfg.end_learning_rate_ratio)
 
 
@@ -35,8 +37,12 @@ def scale_by_step_schedule(schedule: optax.Schedule) -> optax.GradientTransforma
 
 
 def _decay_mask(params):
-  # Weight decay on matrices only: norms' scales and other vectors are not shrunk.
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  # Weight decay on weight matrices only: biases (even stacked per-branch ones, [N, d]), norm
+  # scales and other vectors are not shrunk.
+  def decays(path, p):
+    name = str(getattr(path[-1], "key", path[-1])).lower()
+    return p.ndim >= 2 and "bias" not in name and "scale" not in name
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int

@@ -90,13 +90,15 @@ def focus_usage(records: list[dict], path: str) -> bool:
   return True
 
 
-def mass_heatmap(params, path: str) -> bool:
-  """Heatmap of the per-head gravity masses M = softplus(gravity_mass_log), layer × head."""
-  import flax  # pylint: disable=g-import-not-at-top
+def mass_heatmap(masses: dict, path: str) -> bool:
+  """Heatmap of the per-head gravity masses M = softplus(gravity_mass_log), layer × head.
+
+  Args:
+    masses: {"block_0/attn/gravity_mass_log": [heads], ...}, one entry per layer.
+    path: the PNG to write.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
-  rows = sorted((k, np.logaddexp(0.0, np.asarray(v, np.float64)))
-                for k, v in flat.items() if k.endswith("gravity_mass_log"))
+  rows = sorted((k, np.logaddexp(0.0, np.asarray(v, np.float64))) for k, v in masses.items())
   if not rows:
     return False
   grid = np.stack([v.reshape(-1) for _, v in rows])

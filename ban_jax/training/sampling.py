@@ -1,7 +1,9 @@
 """Text generation from a trained language model."""
 
+from absl import logging
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -21,8 +23,13 @@ def generate(model: nn.Module, params, tokenizer, prompt: str, *, length: int, s
   segment_ids = jnp.ones([1, seq_len], jnp.int32)
   positions = jnp.arange(seq_len, dtype=jnp.int32)[None]
 
+  if steps < length:
+    logging.info("sample: %d of the %d tokens asked for fit in seq_len=%d after the prompt.",
+                 steps, length, seq_len)
+
+  # params go in as an argument: closing over arrays split across hosts is not allowed.
   @jax.jit
-  def run(buf, rng):
+  def run(params, buf, rng):
     def body(i, carry):
       buf, rng = carry
       logits, _ = model.apply({"params": params}, buf, segment_ids=segment_ids,
@@ -34,7 +41,8 @@ def generate(model: nn.Module, params, tokenizer, prompt: str, *, length: int, s
     buf, _ = jax.lax.fori_loop(start, start + steps, body, (buf, rng))
     return buf
 
-  out = np.asarray(run(buf, rng))[0, start:start + steps]
+  out = np.asarray(multihost_utils.process_allgather(run(params, buf, rng), tiled=True))
+  out = out[0, start:start + steps]
   eos = np.nonzero(out == 2)[0]
   if len(eos):
     out = out[:eos[0]]

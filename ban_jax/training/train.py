@@ -1,5 +1,6 @@
 """`train_and_evaluate(config, workdir)`: data → model → jitted steps → checkpoints → metrics."""
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -9,6 +10,7 @@ import time
 from typing import Any, Callable
 
 from absl import logging
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,7 +32,9 @@ from ban_jax.training import writers
 from ban_jax.training.state import TrainState
 
 # Fields that fix the shapes or meaning of the parameters; a resumed run must match them.
-RESUME_KEYS = ("model", "data.tokenizer", "data.spm_model", "data.spm_vocab_size")
+RESUME_KEYS = ("model", "data.tokenizer", "data.spm_model", "data.spm_vocab_size", "seed",
+               "data.source", "data.tfds_name", "data.dump_dir", "data.train_split",
+               "data.text_key", "data.seq_len", "train.batch_size", "wells")
 
 
 @dataclasses.dataclass
@@ -69,6 +73,10 @@ def check_workdir(workdir: str) -> str:
   """Fails early if `workdir` could not be created or written; creates nothing."""
   if not workdir:
     raise UserError("--workdir is required: the folder for checkpoints, metrics and plots.")
+  if "://" in workdir:
+    raise UserError(f"workdir {workdir}: only filesystem paths are supported (metrics are "
+                    "appended line by line); on a multi-host TPU or GPU cluster mount the "
+                    "bucket on every host (e.g. gcsfuse) and pass the mounted path.")
   workdir = os.path.abspath(workdir)
   parent = workdir
   while not os.path.exists(parent):
@@ -121,6 +129,10 @@ def _check_resumable(workdir: str, config):
       raise UserError(f"{workdir} holds a run trained with {name}={theirs!r}, but this config "
                       f"has {name}={ours!r}; resume with the same settings or use a fresh "
                       "--workdir.")
+  if saved.get("train", {}).get("steps") != config.train.steps:
+    logging.warning("resuming with train.steps=%d (was %s): the learning-rate schedule changes "
+                    "from here on, so this is a continuation, not an exact resume.",
+                    config.train.steps, saved.get("train", {}).get("steps"))
 
 
 def _write_json(path: str, obj):
@@ -150,7 +162,8 @@ def evaluate(eval_fn, params, split: pipeline.Split, batch_size: int, max_batche
   """bits/byte and loss (nats/token) over a split."""
   totals = {"nats": 0.0, "bytes": 0.0, "tokens": 0.0}
   for batch in pipeline.eval_batches(split, batch_size, max_batches):
-    sums = jax.device_get(eval_fn(params, mesh_lib.global_batch(batch, sharding)))
+    local = mesh_lib.process_slice(batch)
+    sums = jax.device_get(eval_fn(params, mesh_lib.global_batch(local, sharding)))
     for k in totals:
       totals[k] += float(sums[k])
   return {"bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1.0),
@@ -166,6 +179,8 @@ class Plan:
     init: rng -> TrainState, jitted with the state's output shardings.
     abstract: the TrainState as ShapeDtypeStructs carrying their shardings (restore target).
     state_sharding, batch_sharding: shardings of the state pytree and of a batch.
+    replicated: the sharding of a step's other outputs (metrics, well draws), so that every
+      process can read them.
     step_kw: the keyword arguments every train step takes (model, tx, schedule, ...).
   """
   model: Any
@@ -175,13 +190,14 @@ class Plan:
   abstract: TrainState
   state_sharding: Any
   batch_sharding: Any
+  replicated: Any
   step_kw: dict
 
   def jit_step(self, fn: Callable, *, num_batches: int = 1, num_outputs: int = 2) -> Callable:
     """jit(fn(state, *batches, **step_kw)) with shardings, the state donated."""
     return jax.jit(functools.partial(fn, **self.step_kw),
                    in_shardings=(self.state_sharding,) + (self.batch_sharding,) * num_batches,
-                   out_shardings=(self.state_sharding,) + (None,) * (num_outputs - 1),
+                   out_shardings=(self.state_sharding,) + (self.replicated,) * (num_outputs - 1),
                    donate_argnums=(0,))
 
 
@@ -209,8 +225,20 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, mesh, *, token_byt
   return Plan(model=model, tx=tx, schedule=schedule,
               init=jax.jit(init_fn, out_shardings=state_sharding), abstract=abstract,
               state_sharding=state_sharding, batch_sharding=mesh_lib.batch_sharding(mesh),
+              replicated=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
               step_kw=dict(model=model, tx=tx, schedule=schedule, z_loss=config.train.z_loss,
                            token_bytes=token_bytes))
+
+
+@contextlib.contextmanager
+def _closing_on_error(writer, ckpt):
+  """On an exception, flush the metrics and let an in-flight async checkpoint finish."""
+  try:
+    yield
+  except BaseException:
+    writer.close()
+    ckpt.close()
+    raise
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -219,9 +247,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_validation.validate(config)
   workdir = check_workdir(workdir)
   _check_resumable(workdir, config)
-  if config.mesh.distributed:
-    jax.distributed.initialize()  # coordinator and process ids come from the environment
+  if config.mesh.distributed and not jax.distributed.is_initialized():
+    explicit = {}
+    if config.mesh.coordinator_address:  # else detected from the cluster environment
+      explicit = dict(coordinator_address=config.mesh.coordinator_address,
+                      num_processes=config.mesh.num_processes,
+                      process_id=config.mesh.process_id)
+    jax.distributed.initialize(**explicit)
   mesh = mesh_lib.make_mesh(config.mesh)
+  for key in ("train.batch_size", "eval.batch_size"):
+    block, field = key.split(".")
+    if config[block][field] % mesh.size:
+      raise UserError(f"{key}={config[block][field]} must be a multiple of the {mesh.size} "
+                      "devices of the mesh.")
   data = build_data(config)
   mode = config.wells.mode
   num_examples = len(data.train.split.windows)
@@ -246,7 +284,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("resumed from %s at step %d", workdir, latest)
   else:
     state = plan.init(rng)
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if jax.process_index() == 0:
+      _write_json(os.path.join(workdir, "config.json"), config.to_dict())
   num_params = count_params(plan.abstract.params)
   logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
 
@@ -288,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
     return results
 
-  with mesh:
+  with mesh, _closing_on_error(writer, ckpt):
     for step in range(first_step, total_steps):
       if mode == "off":
         batch = mesh_lib.global_batch(next(data_iter), batch_sharding)
@@ -306,9 +345,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           injected_steps += [done - len(host) + i for i, m in enumerate(host) if m["injected"]]
           if trace is not None:
             writer.write_histogram(done, "wells/strength", trace.record(done, state))
-        # nanmean: extra_loss is NaN in steps without an extra update.
-        scalars = {f"train/{k}": float(np.nanmean(v)) for k in host[0]
-                   if not np.all(np.isnan(v := np.asarray([m[k] for m in host], np.float64)))}
+        scalars = {}
+        for k in host[0]:
+          v = np.asarray([m[k] for m in host], np.float64)
+          if k == "extra_loss":  # NaN in the steps without an extra update
+            if np.any(np.isfinite(v)):
+              scalars[f"train/{k}"] = float(np.nanmean(v))
+          else:
+            scalars[f"train/{k}"] = float(np.mean(v))
+        if not np.isfinite(scalars["train/loss"]):
+          raise UserError(f"training diverged: the train loss is {scalars['train/loss']} in the "
+                          f"steps up to {done}; the last finite checkpoint is in "
+                          f"{workdir}/checkpoints. Lower optimizer.learning_rate (or raise "
+                          "optimizer.warmup_steps) and resume or restart.")
         scalars["train/epoch"] = done / data.train.steps_per_epoch
         rates = progress.report(done)
         # Wall-clock spent training in this process (evaluation excluded), for speed comparisons.
@@ -333,6 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write_text(total_steps, "sample", sample)
   writer.close()
   ckpt.close()
+  # Per-head masses are tiny and replicated: every process can read them, even under FSDP.
+  flat = flax.traverse_util.flatten_dict(state.params, sep="/")
+  masses = jax.device_get({k: v for k, v in flat.items() if k.endswith("gravity_mass_log")})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "sample.txt"), "w") as f:
       f.write(sample + "\n")
@@ -340,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      steps_per_epoch=data.train.steps_per_epoch,
                      title=f"{config.model.name} on {data.name}")
     plots.focus_usage(writers.read_metrics(workdir), os.path.join(workdir, "focus_usage.png"))
-    plots.mass_heatmap(jax.device_get(state.params), os.path.join(workdir, "mass_heatmap.png"))
+    plots.mass_heatmap(masses, os.path.join(workdir, "mass_heatmap.png"))
     if mode != "off" and first_step < total_steps:
       # Steps (0-based) whose extra update ran: the uniform control replays this list.
       _write_json(os.path.join(workdir, f"injected_steps_from_{first_step}.json"),

@@ -69,3 +69,21 @@ def test_corrupt_dump_fails_clearly_and_leaves_nothing_half_written(tmp_path):
 def test_unknown_builder_config_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="unknown ban_wikipedia config"):
     wikipedia.prepare("full", str(tmp_path))
+
+
+def _dump_of(path, word, n=300):
+  pages = "".join(f"<page><title>T{i}</title><ns>0</ns><id>{i + 1}</id><revision><text>{word} "
+                  f"{i}</text></revision></page>" for i in range(n))
+  path.write_bytes(bz2.compress(f"<mediawiki>{pages}</mediawiki>".encode()))
+
+
+def test_a_different_dump_builds_a_different_dataset(tmp_path):
+  data_dir = str(tmp_path / "data")
+  for i, word in enumerate(("alpha", "omega")):
+    dumps = tmp_path / f"dumps{i}"
+    dumps.mkdir()
+    _dump_of(dumps / "enwiki-pages-articles.xml.bz2", word)
+    src = wikipedia.prepare("dump", data_dir, dump_dir=str(dumps)).as_data_source()
+    texts = {ex["text"].split()[0] for split in src.values() for ex in split}
+    assert texts == {word.encode()}
+    assert sum(len(split) for split in src.values()) == 300

@@ -65,3 +65,37 @@ def test_loss_rank_training_runs_and_sees_the_data(tiny_config, tmp_path):
       tiny_config(wells__mode="loss_rank", train__steps=20, eval__every_steps=20), workdir)
   assert final["train/injected"] == 0
   assert 0 < final["train/rank/seen_fraction"] <= 1
+
+
+def test_loss_rank_step_trains_on_the_drawn_batch_and_remembers_its_losses(tiny_config):
+  import functools  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  c = tiny_config(wells__mode="loss_rank")
+  n, b, t = 50, 4, 16
+  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(backend="", data=1, fsdp=1)))
+  plan = train.build(c, 259, mesh, token_bytes=jnp.ones([259], jnp.float32),
+                     extend_state=lambda s, r: s.replace(wells=injection.init(c.wells, n, b, r)))
+  step = plan.jit_step(functools.partial(injection.train_step, cfg=c.wells, steps_per_epoch=10,
+                                         num_examples=n, inject_flags=None),
+                       num_batches=2, num_outputs=3)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 259, size=(b, t + 1)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+           "segment_ids": np.ones((b, t), np.int32),
+           "positions": np.tile(np.arange(t, dtype=np.int32), (b, 1)),
+           "weights": np.ones((b, t), np.float32), "index": np.array([7, 3, 41, 3], np.int32)}
+  state = plan.init(jax.random.PRNGKey(0))
+  params_before = jax.device_get(state.params)
+  state, metrics, draw = step(state, batch, batch)
+  last = np.asarray(state.wells.last_loss)
+  assert set(np.nonzero(np.isfinite(last))[0].tolist()) == {3, 7, 41}
+  expected = jax.device_get(steps_lib.loss_fn(params_before, batch, None, model=plan.model,
+                                              z_loss=0.0, token_bytes=jnp.ones([259]))[1][1])
+  np.testing.assert_allclose(last[[7, 41]], expected[[0, 2]], rtol=1e-5)
+  assert metrics["injected"] == 0 and metrics["grad_evals"] == 1
+  index, active = draw
+  assert index.shape == (b,) and bool(active)
+  # The draw is queued for two steps later, behind the one drawn at init.
+  np.testing.assert_array_equal(np.asarray(state.wells.queue_index[1]), np.asarray(index))
