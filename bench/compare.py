@@ -11,6 +11,7 @@ bench/results/compare_<experiment>.json and .png.
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -104,6 +105,12 @@ def main(argv):
         "model": c.model.to_dict(),
     }
     print(f"[compare]   val bpb {results[name]['val_bpb']:.4f}", flush=True)
+    # The run's own diagnostics (gravity masses, BAN focus usage), kept beside the table.
+    for plot_name in ("mass_heatmap.png", "focus_usage.png"):
+      src = os.path.join(workdir, plot_name)
+      if os.path.exists(src):
+        shutil.copyfile(src, os.path.join(
+            out_dir, f"compare_{_EXPERIMENT.value}_{name}_{plot_name}"))
   meta = {"experiment": _EXPERIMENT.value, "steps": _STEPS.value, "seed": _SEED.value,
           "tokens_per_arm": _STEPS.value * 16 * 128, "backend": jax.default_backend(),
           "jax": jax.__version__, "results": results}
