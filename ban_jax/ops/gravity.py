@@ -471,18 +471,22 @@ def _mask_block(cfg: Config, aux, q_idx, k_idx, group, full_mask=None, k_valid=N
 # Blockwise XLA implementation with a recomputing custom_vjp.
 
 
+def pad_axis(x, axis: int, n: int, value=0):
+  """Pads `x` with `n` entries of `value` at the end of `axis`; None and n == 0 pass through."""
+  if x is None or n == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, n)
+  return jnp.pad(x, widths, constant_values=value)
+
+
 def _blockwise(cfg: Config, diff, aux):
   """Pads to whole blocks, runs the custom_vjp kernel, and slices the padding off."""
   bq, bk = cfg.block_q, cfg.block_k
   pad_q = -cfg.q_len % bq
   pad_k = -cfg.k_len % bk
   if pad_q or pad_k:
-    def pad(x, axis, n, value=0):
-      if x is None or n == 0:
-        return x
-      widths = [(0, 0)] * x.ndim
-      widths[axis] = (0, n)
-      return jnp.pad(x, widths, constant_values=value)
+    pad = pad_axis
     diff = dict(diff, q=pad(diff["q"], 1, pad_q), k=pad(diff["k"], 1, pad_k),
                 v=pad(diff["v"], 1, pad_k),
                 key_term=pad(diff["key_term"], 1, pad_k,

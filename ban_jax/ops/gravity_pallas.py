@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ban_jax.errors import UserError
+from ban_jax.ops import gravity
 
 LOG2E = math.log2(math.e)
 # A finite "minus infinity": masked logits never turn the running max into -inf, so
@@ -137,7 +138,6 @@ def gravity_attention_pallas(cfg, diff, aux, options: Optional[Options] = None):
   """
   if diff["bias"] is not None or aux["mask"] is not None:
     # A materialised [b, h, tq, tk] field is not fused (it is O(T²) memory anyway).
-    from ban_jax.ops import gravity  # pylint: disable=g-import-not-at-top
     return gravity._blockwise(cfg, diff, aux)  # pylint: disable=protected-access
   q, k, v = diff["q"], diff["k"], diff["v"]
   batch, q_len, heads, head_dim = q.shape
@@ -172,12 +172,7 @@ def gravity_attention_pallas(cfg, diff, aux, options: Optional[Options] = None):
 
   pad_q, pad_k = tqp - q_len, tkp - k_len
 
-  def pad(x, axis, n, value=0):
-    if x is None or n == 0:
-      return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, n)
-    return jnp.pad(x, widths, constant_values=value)
+  pad = gravity.pad_axis
 
   qp = pad(pad(q, 1, pad_q), 3, dp - head_dim)
   kp = pad(pad(k, 1, pad_k), 3, dp - head_dim)
