@@ -160,11 +160,11 @@ def tpu_forward(st, params, side, hp):
   sp = _Specs()
   sp.add("q", qT, pl.BlockSpec((None, None, bq, d), lambda b, h, i, j, *_: (b, h, i, 0)))
   sp.add("k", kT, pl.BlockSpec((None, None, bk, d),
-                               lambda b, h, i, j, nf, ne: (b, h // group, kblk(b, i, j, ne), 0)))
+                               lambda b, h, i, j, nf, ne: (b, lax.div(h, group), kblk(b, i, j, ne), 0)))
   sp.add("v", vT, pl.BlockSpec((None, None, bk, dv),
-                               lambda b, h, i, j, nf, ne: (b, h // group, kblk(b, i, j, ne), 0)))
+                               lambda b, h, i, j, nf, ne: (b, lax.div(h, group), kblk(b, i, j, ne), 0)))
   sp.add("kn", c["kn"], pl.BlockSpec((None, None, SUBLANES, bk),
-                                     lambda b, h, i, j, nf, ne: (b, h // group, 0,
+                                     lambda b, h, i, j, nf, ne: (b, lax.div(h, group), 0,
                                                                  kblk(b, i, j, ne))))
   sp.add("hp", c["hp"], _smem_spec())
   for name in ("qlim", "q_seg", "q_pos"):
@@ -314,11 +314,11 @@ def tpu_backward(st, params, side, hp, lse, delta, d_out):
   sp.add("delta", delta_l, pl.BlockSpec((None, None, bq, LANES), qmap))
   for name in ("qlim", "q_seg", "q_pos"):
     sp.add(name, c[name], pl.BlockSpec((None, bq, LANES), lambda b, h, i, j, *_: (b, i, 0)))
-  kmap = lambda b, h, i, j, nf, ne: (b, h // group, kblk(b, i, j, ne), 0)
+  kmap = lambda b, h, i, j, nf, ne: (b, lax.div(h, group), kblk(b, i, j, ne), 0)
   sp.add("k", kT, pl.BlockSpec((None, None, bk, d), kmap))
   sp.add("v", vT, pl.BlockSpec((None, None, bk, dv), kmap))
   sp.add("kn", c["kn"], pl.BlockSpec((None, None, SUBLANES, bk),
-                                     lambda b, h, i, j, nf, ne: (b, h // group, 0,
+                                     lambda b, h, i, j, nf, ne: (b, lax.div(h, group), 0,
                                                                  kblk(b, i, j, ne))))
   for name in ("k_seg", "k_pos", "kt"):
     sp.add(name, c[name], pl.BlockSpec((None, SUBLANES, bk),

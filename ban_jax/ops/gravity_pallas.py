@@ -60,13 +60,16 @@ class Options(NamedTuple):
   """
   backend: str = "triton"          # "triton" | "mosaic_tpu"
   interpret: bool = False
+  # The bf16 / head_dim 128 defaults are the tiles that compile without register spills for
+  # sm_90 (bench/pallas_registers.py; the v1 tiles timed on the H100 spilled 1-4 KiB per
+  # thread in the forward and dK/dV kernels).
   block_q: int = 128               # forward
   block_k: int = 64
-  block_q_dkv: int = 64            # backward, dK/dV kernel
-  block_k_dkv: int = 128
-  block_q_dq: int = 128            # backward, dQ kernel
-  block_k_dq: int = 64
-  num_warps: int = 4               # Triton only
+  block_q_dkv: int = 32            # backward, dK/dV kernel
+  block_k_dkv: int = 64
+  block_q_dq: int = 64             # backward, dQ kernel
+  block_k_dq: int = 32
+  num_warps: int = 8               # Triton only
   num_stages: int = 3
   bwd_num_warps: int = 8
   bwd_num_stages: int = 2
@@ -300,7 +303,8 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 # ----------------------------------------------------------------------------------------------
 # Element-wise maths shared by both lowerings. Shapes: s, dist [bq, bk]; qn [bq, 1];
-# kn, kt [1, bk]; per-head parameters are scalars (or broadcastable).
+# kn, kt [1, bk]; per-head parameters are scalars (or broadcastable). Only broadcasting is
+# used, so the transposed orientation ([bk, bq] tiles with qn [1, bq], kn [bk, 1]) works too.
 
 
 def _recip(x, st):
@@ -387,6 +391,7 @@ def _visible(st, k_idx, qlim, qseg, kseg, k_padded):
 
   k_idx [1, bk] key indices; qlim [bq, 1] last visible key of each query (causal);
   qseg [bq, 1], kseg [1, bk] segment ids or None; k_padded: whether keys >= k_len exist.
+  With k_idx, kseg [bk, 1] and qlim, qseg [1, bq] it returns the transpose.
   """
   vis = None
 
@@ -654,15 +659,18 @@ def _triton_dkdv_kernel(*refs, st, names, nq_valid):
   outs = refs[len(names):]
   dk_ref, dv_ref = outs[0], outs[1]
   bq, bk = st.bq_dkv, st.bk_dkv
+  # Transposed orientation: tiles are [bk, bq] (keys on rows), so dV += Pᵀ·dO and
+  # dK += Gᵀ·Q are plain products of what is in registers, with no transposes of the score
+  # tiles (a transpose is a round trip through shared memory and more live registers).
   kb = r["k"][...]
   vb = r["v"][...]
-  kn = r["kn"][...][None, :]
-  kt = r["kt"][...][None, :] if st.has_kt else None
-  kseg = r["k_seg"][...][None, :] if st.has_seg else None
-  kpos = r["k_pos"][...][None, :] if "k_pos" in r else None
+  kn = r["kn"][...][:, None]
+  kt = r["kt"][...][:, None] if st.has_kt else None
+  kseg = r["k_seg"][...][:, None] if st.has_seg else None
+  kpos = r["k_pos"][...][:, None] if "k_pos" in r else None
   kfirst = r["kfirst"][...]
   ks = pl.program_id(0) * bk
-  k_idx = ks + jnp.arange(bk, dtype=jnp.int32)[None, :]
+  k_idx = ks + jnp.arange(bk, dtype=jnp.int32)[:, None]
   k_padded = ks + bk > st.k_len         # traced: this key block holds padding
   want = ("kt",) if st.has_kt else ()
 
@@ -686,31 +694,31 @@ def _triton_dkdv_kernel(*refs, st, names, nq_valid):
     qs = pl.multiple_of(i * bq, bq)
     qb = r["q"][pl.ds(qs, bq), head, :]
     dob = r["do"][pl.ds(qs, bq), head, :]
-    qn = r["qn"][head, pl.ds(qs, bq)][:, None]
-    lse = r["lse"][head, pl.ds(qs, bq)][:, None]
-    delta = r["delta"][head, pl.ds(qs, bq)][:, None]
-    s = _dot(qb, kb, trans_b=True)
-    dist = _dist(r["q_pos"][pl.ds(qs, bq)][:, None], kpos) if kpos is not None else None
+    qn = r["qn"][head, pl.ds(qs, bq)][None, :]
+    lse = r["lse"][head, pl.ds(qs, bq)][None, :]
+    delta = r["delta"][head, pl.ds(qs, bq)][None, :]
+    s = _dot(kb, qb, trans_b=True)                       # [bk, bq]
+    dist = _dist(kpos, r["q_pos"][pl.ds(qs, bq)][None, :]) if kpos is not None else None
     z, parts = _logits(st, s, qn, kn, kt, dist, par)
     p = jnp.exp2(z - lse)
     if masked:
-      qlim = r["qlim"][pl.ds(qs, bq)][:, None]
-      qseg = r["q_seg"][pl.ds(qs, bq)][:, None] if st.has_seg else None
+      qlim = r["qlim"][pl.ds(qs, bq)][None, :]
+      qseg = r["q_seg"][pl.ds(qs, bq)][None, :] if st.has_seg else None
       vis = _visible(st, k_idx, qlim, qseg, kseg, st.k_len % bk != 0)
       if vis is not None:
         p = jnp.where(vis, p, 0.0)
-    dv = dv + _dot(p.astype(dob.dtype), dob, trans_a=True)
-    dp = _dot(dob, vb, trans_b=True)
+    dv = dv + _dot(p.astype(dob.dtype), dob)
+    dp = _dot(vb, dob, trans_b=True)
     dz = p * (dp - delta)
     terms = _grad_terms(st, dz, s, parts, kt, dist, par, want)
     if st.score == "dot":
-      dk_acc = dk_acc + _dot(terms["ds"].astype(qb.dtype), qb, trans_a=True)
+      dk_acc = dk_acc + _dot(terms["ds"].astype(qb.dtype), qb)
     else:
       g = terms["g"].astype(qb.dtype)
-      col = col + jnp.sum(g.astype(jnp.float32), axis=0)
-      dk_acc = dk_acc + _dot(g, qb, trans_a=True)
+      col = col + jnp.sum(g.astype(jnp.float32), axis=1)
+      dk_acc = dk_acc + _dot(g, qb)
     if st.has_kt:
-      dkt = dkt + jnp.sum(terms["kt"], axis=0)
+      dkt = dkt + jnp.sum(terms["kt"], axis=1)
     return dk_acc, col, dv, dkt
 
   def head_step(head, carry):

@@ -8,6 +8,8 @@ several key and query blocks, fully visible blocks without a mask, diagonal bloc
 blocks skipped by causality, and padded blocks from lengths that are not multiples of a block.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,6 +178,48 @@ def test_bad_options_raise_user_error():
   with pytest.raises(UserError, match="backend"):
     attend(prob, args, "pallas", GPU_SMALL._replace(backend="cuda"), score="gravity",
            features=())
+
+
+def lower_for(platform, options, dtype, score):
+  """Lowers value-and-grad of a call with every fused feature for `platform` (no device)."""
+  b, t, h, kvh, d = 2, 300, 8, 2, 64
+  q = jax.ShapeDtypeStruct((b, t, h, d), dtype)
+  kv = jax.ShapeDtypeStruct((b, t, kvh, d), dtype)
+  per_head = jax.ShapeDtypeStruct((h,), jnp.float32)
+  seg = jnp.concatenate([jnp.ones((b, 150), jnp.int32), jnp.full((b, t - 150), 2, jnp.int32)], 1)
+  pos = jnp.concatenate([jnp.arange(150), jnp.arange(t - 150)]).astype(jnp.int32)
+  pos = jnp.broadcast_to(pos, (b, t))
+
+  def loss(q, k, v, mass, key_mass, power, scale):
+    out = G.gravity_attention(q, k, v, None if score == "inverse_square" else mass,
+                              score=score, causal=True, segment_ids=seg, positions=pos,
+                              key_mass=key_mass, power_law=(power, scale),
+                              implementation="pallas")
+    return jnp.sum(out.astype(jnp.float32))
+  prev = GP.set_default_options(options)
+  try:
+    fn = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7))))
+    return fn.trace(q, kv, kv, per_head, jax.ShapeDtypeStruct((b, t), jnp.float32), per_head,
+                    per_head).lower(lowering_platforms=(platform,)).as_text()
+  finally:
+    GP.set_default_options(prev)
+
+
+@pytest.mark.parametrize("score", ["gravity", "dot"])
+def test_gpu_kernels_lower_to_triton_with_default_tiles(score):
+  # The interpret-mode tests never run the Triton lowering; this does (for CUDA, on the CPU):
+  # all three kernels, every fused feature, the default (non-interpret) options and tiles.
+  text = lower_for("cuda", GP.default_options(backend="triton", interpret=False),
+                   jnp.bfloat16, score)
+  assert sorted(set(re.findall(r'name = "(gravity_[a-z_]+)"', text))) == [
+      "gravity_bwd_dkdv", "gravity_bwd_dq", "gravity_fwd"]
+
+
+def test_tpu_kernels_lower_to_mosaic_with_default_tiles():
+  # Pallas -> Mosaic lowering for a TPU target on the CPU (libtpu's own passes do not run).
+  text = lower_for("tpu", GP.default_options(backend="mosaic_tpu", interpret=False),
+                   jnp.bfloat16, "gravity")
+  assert text.count("tpu_custom_call") == 3
 
 
 @pytest.mark.slow
