@@ -95,15 +95,22 @@ def default_options(backend: Optional[str] = None, dtype=jnp.bfloat16, head_dim:
     backend = "mosaic_tpu" if platform == "tpu" else "triton"
   if interpret is None:
     interpret = platform == "cpu"
-  wide = jnp.dtype(dtype).itemsize >= 4 or head_dim > 128
   if backend == "mosaic_tpu":
     return Options(backend=backend, interpret=interpret, block_q=512, block_k=512,
                    block_q_dkv=512, block_k_dkv=512, block_q_dq=512, block_k_dq=512,
                    approx_recip=False)
-  if wide:
+  if jnp.dtype(dtype).itemsize >= 4:
+    # float32 products run as IEEE FMA loops (no tensor cores) whatever the tiles: small ones.
     return Options(backend=backend, interpret=interpret, block_q=64, block_k=32,
                    block_q_dkv=32, block_k_dkv=64, block_q_dq=64, block_k_dq=32,
                    num_warps=4, num_stages=2, bwd_num_warps=4, bwd_num_stages=1,
+                   approx_recip=not interpret)
+  if head_dim > 128:
+    # Spill-free for head_dim 256 on sm_90 (pallas_notes.md). No wgmma tiling of the backward
+    # avoids spills there, so it runs 32x32 tiles on mma.sync.
+    return Options(backend=backend, interpret=interpret, block_q=64, block_k=32,
+                   block_q_dkv=32, block_k_dkv=32, block_q_dq=32, block_k_dq=32,
+                   num_warps=8, num_stages=2, bwd_num_warps=8, bwd_num_stages=1,
                    approx_recip=not interpret)
   return Options(backend=backend, interpret=interpret, approx_recip=not interpret)
 
