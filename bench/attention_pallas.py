@@ -63,7 +63,9 @@ VARIANTS = [  # (name, overrides of the chosen options); the backward tiles firs
     ("bwd dq 128x32 w8s2", dict(block_q_dq=128, block_k_dq=32)),
     ("bwd 32x32 w4s2 (mma.sync, no wgmma)",
      dict(block_q_dkv=32, block_k_dkv=32, block_q_dq=32, block_k_dq=32, bwd_num_warps=4)),
+    ("bwd dq 64x64 w8s2", dict(block_q_dq=64, block_k_dq=64)),
     ("fwd 128x32 w8s3", dict(block_k=32)),
+    ("fwd 128x128 w8s2", dict(block_k=128, num_stages=2)),
     ("fwd 128x64 w4s3 (v1 forward, spills)", dict(num_warps=4)),
     ("exact division", dict(approx_recip=False)),
 ]
