@@ -64,9 +64,15 @@ CONFIGS.append(("bwd dkdv 32x64 dq 128x32 w8s2", dict(block_q_dkv=32, block_k_dk
 
 def capture_ttir(options, score, shape, dtype=jnp.bfloat16):
   """Triton IR text of each kernel of one fwd+bwd call lowered for CUDA: {kernel: text}."""
-  from jax._src.pallas.triton import pallas_call_registration as reg  # pylint: disable=g-import-not-at-top
+  try:
+    from jax._src.pallas.triton import pallas_call_registration as reg  # pylint: disable=g-import-not-at-top
+    original = reg.lowering.lower_jaxpr_to_triton_module
+  except (ImportError, AttributeError) as e:
+    raise SystemExit(f"jax {jax.__version__}: the Pallas-Triton lowering is not where this script "
+                     "looks for it (jax._src.pallas.triton.pallas_call_registration.lowering."
+                     "lower_jaxpr_to_triton_module; written against jax 0.10.2). "
+                     f"{type(e).__name__}: {e}") from None
   captured = []
-  original = reg.lowering.lower_jaxpr_to_triton_module
 
   def spy(*args, **kwargs):
     res = original(*args, **kwargs)
