@@ -159,10 +159,9 @@ def tpu_forward(st, params, side, hp):
 
   sp = _Specs()
   sp.add("q", qT, pl.BlockSpec((None, None, bq, d), lambda b, h, i, j, *_: (b, h, i, 0)))
-  sp.add("k", kT, pl.BlockSpec((None, None, bk, d),
-                               lambda b, h, i, j, nf, ne: (b, lax.div(h, group), kblk(b, i, j, ne), 0)))
-  sp.add("v", vT, pl.BlockSpec((None, None, bk, dv),
-                               lambda b, h, i, j, nf, ne: (b, lax.div(h, group), kblk(b, i, j, ne), 0)))
+  kmap = lambda b, h, i, j, nf, ne: (b, lax.div(h, group), kblk(b, i, j, ne), 0)
+  sp.add("k", kT, pl.BlockSpec((None, None, bk, d), kmap))
+  sp.add("v", vT, pl.BlockSpec((None, None, bk, dv), kmap))
   sp.add("kn", c["kn"], pl.BlockSpec((None, None, SUBLANES, bk),
                                      lambda b, h, i, j, nf, ne: (b, lax.div(h, group), 0,
                                                                  kblk(b, i, j, ne))))
