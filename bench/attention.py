@@ -30,7 +30,16 @@ with XLA's plan (CPU), or skipped (GPU, where compiling alone autotunes into the
 TFLOP/s use the causal count 4*B*H*T^2*D/2 for the forward and 3.5 times that for
 forward+backward (the convention of issue 4).
 
-Results: a printed table and JSON under bench/results/attention_<backend>.json.
+Results: a printed table and JSON under bench/results/attention_<backend>.json, rewritten
+(atomically) after every configuration. A lent GPU's command runs at most 10 minutes, less than
+the whole issue-4 table takes, so the table is filled in parts by one command repeated:
+
+    python bench/attention.py --preset=gpu --deadline_s=540 --resume --out=R.json
+
+`--deadline_s` stops starting configurations (and kills a running one, recorded as "deadline")
+before the limit; `--resume` keeps the finished rows of R.json and runs only the rest. Every
+row records its device and JAX version, and a resumed run refuses a file written for other
+shapes.
 """
 
 import argparse
@@ -54,6 +63,11 @@ PRESETS = {
                 impls=["cudnn", "reference", "xla", "pallas"]),
 }
 MODES = ("fwd", "fwd+bwd")
+# Row statuses that a resumed run keeps; "error" and "deadline" rows run again (a "timeout"
+# row had its whole --timeout_s).
+FINAL_STATUSES = ("ok", "oom", "oom (planned)", "oom (skipped)", "unavailable", "timeout")
+# The parts of the record's config that must match for --resume to add rows to it.
+RESUME_KEYS = ("dtype", "heads", "kv_heads", "head_dim", "block")
 
 
 def causal_flops(batch, heads, length, head_dim, mode):
@@ -82,6 +96,8 @@ def worker(cfg, result):
   ct = jax.random.normal(keys[3], (b, t, h, d)).astype(dtype)
   mass = jnp.full((h,), 1.5, jnp.float32)
   impl = cfg["impl"]
+  dev = jax.devices()[0]
+  result.update(device_kind=dev.device_kind, jax_version=jax.__version__)
 
   if impl in ("dot", "cudnn"):
     backend_impl = "xla" if impl == "dot" else "cudnn"
@@ -136,7 +152,6 @@ def worker(cfg, result):
                 runs=len(times),
                 tflops=round(causal_flops(b, h, t, d, cfg["mode"]) / (ms * 1e-3) / 1e12, 4),
                 peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-  dev = jax.devices()[0]
   if dev.platform != "cpu":
     stats = dev.memory_stats() or {}
     result["device_peak_bytes"] = stats.get("peak_bytes_in_use")
@@ -163,7 +178,7 @@ def child_main(cfg_json):
 # Driver.
 
 
-def run_child(cfg, timeout_s):
+def run_child(cfg, timeout_s, timeout_status="timeout"):
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   if cfg["preset"] == "cpu":
@@ -173,7 +188,7 @@ def run_child(cfg, timeout_s):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)],
                           capture_output=True, text=True, timeout=timeout_s, env=env)
   except subprocess.TimeoutExpired:
-    return dict(status="timeout", note=f"over {timeout_s} s")
+    return dict(status=timeout_status, note=f"over {timeout_s:.0f} s")
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
       return json.loads(line[len("RESULT "):])
@@ -209,6 +224,28 @@ def print_table(results, impls, lengths):
               f"{tf} | {fmt_bytes(planned)} | {fmt_bytes(peak)} |")
 
 
+def load_previous(path, args, preset):
+  """The finished rows of an earlier run's JSON at `path`, for --resume ([] if none)."""
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    old_cfg, rows = record["config"], record["results"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    sys.exit(f"--resume: {path} is not a results file of this script ({e}); point --out at "
+             "another path or delete it.")
+  want = dict(preset, block=args.block)
+  diff = [f"{k}: file {old_cfg.get(k)!r} vs now {want[k]!r}" for k in RESUME_KEYS
+          if old_cfg.get(k) != want[k]]
+  if record.get("preset") != args.preset:
+    diff.insert(0, f"preset: file {record.get('preset')!r} vs now {args.preset!r}")
+  if diff:
+    sys.exit(f"--resume: {path} was written for other shapes ({'; '.join(diff)}); use the "
+             "same flags as the run that wrote it, or another --out.")
+  return [r for r in rows if r.get("status") in FINAL_STATUSES]
+
+
 def record_of(args, preset, backend, mem_limit, results, final=False):
   device = platform.processor() or "cpu"
   jax_version = None
@@ -220,8 +257,10 @@ def record_of(args, preset, backend, mem_limit, results, final=False):
         device = jax.devices()[0].device_kind
       except Exception:  # pylint: disable=broad-except
         pass
+  kinds = sorted({r["device_kind"] for r in results if r.get("device_kind")})
   return dict(
       preset=args.preset, backend=backend, device=device, complete=final,
+      device_kinds=kinds,
       cpu_count=os.cpu_count(), jax_version=jax_version, load_avg=os.getloadavg(),
       config=dict(dtype=preset["dtype"], heads=preset["heads"], kv_heads=preset["kv_heads"],
                   head_dim=preset["head_dim"], causal=True, score="gravity", mass=1.5,
@@ -257,6 +296,11 @@ def main():
                            "an OOM is an allocation error, not the kernel's OOM killer "
                            "(default: 75%% of RAM)")
   parser.add_argument("--out", help="JSON path (default bench/results/attention_<backend>.json)")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep the finished rows of --out and run only the missing ones")
+  parser.add_argument("--deadline_s", type=float, default=None,
+                      help="wall-clock budget of this invocation: no configuration starts or "
+                           "runs past it (then rerun with --resume)")
   parser.add_argument("--plan_after_oom", type=int, default=None,
                       help="compile (not run) lengths past an OOM to report XLA's plan "
                            "(default: 1 on CPU, 0 on GPU)")
@@ -278,13 +322,28 @@ def main():
   out_path = args.out or os.path.join(REPO, "bench", "results", f"attention_{backend}.json")
   plan_after_oom = (backend == "cpu") if args.plan_after_oom is None else bool(args.plan_after_oom)
 
-  results = []
-  over_limit = set()             # (impl, mode) that already failed for memory at a shorter length
+  results = load_previous(out_path, args, preset) if args.resume else []
+  if results:
+    print(f"--resume: {len(results)} finished rows kept from {out_path}", flush=True)
+  over_limit = {(r["impl"], r["mode"]) for r in results  # failed for memory at a shorter length
+                if r["status"] in ("oom", "oom (planned)", "oom (skipped)")}
   t_start = time.time()
+  stopped = False
   for length in lengths:
     batch = preset["batch"] or max(1, preset["tokens"] // length)
     for impl in impls:
       for mode in modes:
+        if any(r["impl"] == impl and r["mode"] == mode and r["length"] == length
+               for r in results):
+          continue
+        timeout_s, timeout_status = args.timeout_s, "timeout"
+        if args.deadline_s is not None:
+          left = args.deadline_s - (time.time() - t_start)
+          if left < 10:
+            stopped = True
+            break
+          if left < timeout_s:
+            timeout_s, timeout_status = left, "deadline"
         cfg = dict(preset=args.preset, impl=impl, mode=mode, length=length, batch=batch,
                    dtype=preset["dtype"], heads=preset["heads"], kv_heads=preset["kv_heads"],
                    head_dim=preset["head_dim"], block=args.block, repeats=args.repeats,
@@ -295,7 +354,9 @@ def main():
         else:
           # Past an OOM only XLA's plan is reported: running it cannot fit.
           cfg["compile_only"] = (impl, mode) in over_limit
-          r = run_child(cfg, args.timeout_s)
+          r = run_child(cfg, timeout_s, timeout_status)
+        if r.get("status") == "deadline":
+          stopped = True
         if r.get("status") == "ok" and mem_limit and (r.get("planned_bytes") or {}).get(
             "total", 0) > mem_limit:
           r["note"] = "ran although the plan exceeds the limit"
@@ -310,7 +371,20 @@ def main():
               f"{r.get('status'):14s} ms={r.get('ms', '-')} planned={fmt_bytes(planned)} "
               f"peak={fmt_bytes(r.get('device_peak_bytes') or r.get('peak_rss_bytes'))} "
               f"{r.get('note', '')[:160]}", flush=True)
+        if stopped:
+          break
+      if stopped:
+        break
+    if stopped:
+      break
 
+  results = [r for r in results if r.get("status") != "deadline"]
+  if stopped:
+    write_json(out_path, record_of(args, preset, backend, mem_limit, results))
+    print_table(results, impls, lengths)
+    print(f"\nstopped at --deadline_s={args.deadline_s:.0f}; {len(results)} rows in {out_path}. "
+          "Run the same command with --resume to finish.")
+    return
   write_json(out_path, record_of(args, preset, backend, mem_limit, results, final=True))
   print_table(results, impls, lengths)
   print(f"\nwrote {out_path} ({time.time() - t_start:.0f} s)")

@@ -314,9 +314,21 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 # used, so the transposed orientation ([bk, bq] tiles with qn [1, bq], kn [bk, 1]) works too.
 
 
+def _plgpu():
+  """Pallas's Triton backend: deprecated in JAX 0.11, to be removed in a later JAX."""
+  try:
+    from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError(
+        f"JAX {jax.__version__} has no Pallas Triton backend, which the GPU gravity kernel "
+        "needs (JAX deprecated it in 0.11). Use implementation='xla', or a JAX that still "
+        "ships jax.experimental.pallas.triton.") from e
+  return plgpu
+
+
 def _recip(x, st):
   if st.approx and st.opt.backend == "triton" and not st.opt.interpret:
-    from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+    plgpu = _plgpu()
     return plgpu.elementwise_inline_asm(
         "rcp.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f", pack=1,
         result_shape_dtypes=[jax.ShapeDtypeStruct(x.shape, x.dtype)])[0]
@@ -434,7 +446,7 @@ def _dot(a, b, *, trans_a=False, trans_b=False):
 
 
 def _triton_params(opt, backward):
-  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+  plgpu = _plgpu()
   if backward:
     return plgpu.CompilerParams(num_warps=opt.bwd_num_warps, num_stages=opt.bwd_num_stages)
   return plgpu.CompilerParams(num_warps=opt.num_warps, num_stages=opt.num_stages)

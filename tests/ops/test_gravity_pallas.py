@@ -9,6 +9,7 @@ blocks skipped by causality, and padded blocks from lengths that are not multipl
 """
 
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -178,6 +179,16 @@ def test_bad_options_raise_user_error():
   with pytest.raises(UserError, match="backend"):
     attend(prob, args, "pallas", GPU_SMALL._replace(backend="cuda"), score="gravity",
            features=())
+
+
+def test_a_jax_without_pallas_triton_gets_one_clear_error(monkeypatch):
+  # JAX 0.11 deprecated Pallas's Triton backend; once a JAX drops it, the GPU kernel must say so.
+  monkeypatch.setitem(sys.modules, "jax.experimental.pallas.triton", None)
+  monkeypatch.delattr(jax.experimental.pallas, "triton", raising=False)
+  prob = make_problem(8, q_len=8)
+  args = [jnp.asarray(prob[n], jnp.float32) for n in DIFF_ARGS]
+  with pytest.raises(UserError, match="no Pallas Triton backend.*implementation='xla'"):
+    attend(prob, args, "pallas", GPU_SMALL, score="gravity", features=())
 
 
 def lower_for(platform, options, dtype, score):
