@@ -327,58 +327,52 @@ def main():
     print(f"--resume: {len(results)} finished rows kept from {out_path}", flush=True)
   over_limit = {(r["impl"], r["mode"]) for r in results  # failed for memory at a shorter length
                 if r["status"] in ("oom", "oom (planned)", "oom (skipped)")}
+  done = {(r["length"], r["impl"], r["mode"]) for r in results}
+  todo = [(length, impl, mode) for length in lengths for impl in impls for mode in modes
+          if (length, impl, mode) not in done]
   t_start = time.time()
   stopped = False
-  for length in lengths:
+  for length, impl, mode in todo:
     batch = preset["batch"] or max(1, preset["tokens"] // length)
-    for impl in impls:
-      for mode in modes:
-        if any(r["impl"] == impl and r["mode"] == mode and r["length"] == length
-               for r in results):
-          continue
-        timeout_s, timeout_status = args.timeout_s, "timeout"
-        if args.deadline_s is not None:
-          left = args.deadline_s - (time.time() - t_start)
-          if left < 10:
-            stopped = True
-            break
-          if left < timeout_s:
-            timeout_s, timeout_status = left, "deadline"
-        cfg = dict(preset=args.preset, impl=impl, mode=mode, length=length, batch=batch,
-                   dtype=preset["dtype"], heads=preset["heads"], kv_heads=preset["kv_heads"],
-                   head_dim=preset["head_dim"], block=args.block, repeats=args.repeats,
-                   time_budget_s=args.time_budget_s, mem_limit_bytes=mem_limit)
-        t0 = time.time()
-        if (impl, mode) in over_limit and not plan_after_oom:
-          r = dict(status="oom (skipped)", note="ran out of memory at a shorter length")
-        else:
-          # Past an OOM only XLA's plan is reported: running it cannot fit.
-          cfg["compile_only"] = (impl, mode) in over_limit
-          r = run_child(cfg, timeout_s, timeout_status)
-        if r.get("status") == "deadline":
-          stopped = True
-        if r.get("status") == "ok" and mem_limit and (r.get("planned_bytes") or {}).get(
-            "total", 0) > mem_limit:
-          r["note"] = "ran although the plan exceeds the limit"
-        if r.get("status") in ("oom", "oom (planned)"):
-          over_limit.add((impl, mode))
-        r.update(impl=impl, mode=mode, length=length, batch=batch,
-                 wall_s=round(time.time() - t0, 1))
-        results.append(r)
-        write_json(out_path, record_of(args, preset, backend, mem_limit, results))
-        planned = (r.get("planned_bytes") or {}).get("total")
-        print(f"[{time.time() - t_start:6.0f}s] {impl:9s} {mode:7s} T={length:6d} B={batch:3d} "
-              f"{r.get('status'):14s} ms={r.get('ms', '-')} planned={fmt_bytes(planned)} "
-              f"peak={fmt_bytes(r.get('device_peak_bytes') or r.get('peak_rss_bytes'))} "
-              f"{r.get('note', '')[:160]}", flush=True)
-        if stopped:
-          break
-      if stopped:
+    timeout_s, timeout_status = args.timeout_s, "timeout"
+    if args.deadline_s is not None:
+      left = args.deadline_s - (time.time() - t_start)
+      if left < 10:
+        stopped = True
         break
-    if stopped:
+      if left < timeout_s:
+        timeout_s, timeout_status = left, "deadline"
+    cfg = dict(preset=args.preset, impl=impl, mode=mode, length=length, batch=batch,
+               dtype=preset["dtype"], heads=preset["heads"], kv_heads=preset["kv_heads"],
+               head_dim=preset["head_dim"], block=args.block, repeats=args.repeats,
+               time_budget_s=args.time_budget_s, mem_limit_bytes=mem_limit)
+    t0 = time.time()
+    if (impl, mode) in over_limit and not plan_after_oom:
+      r = dict(status="oom (skipped)", note="ran out of memory at a shorter length")
+    else:
+      # Past an OOM only XLA's plan is reported: running it cannot fit.
+      cfg["compile_only"] = (impl, mode) in over_limit
+      r = run_child(cfg, timeout_s, timeout_status)
+    if r.get("status") == "deadline":         # killed at the deadline: not a result, rerun it
+      print(f"[{time.time() - t_start:6.0f}s] {impl:9s} {mode:7s} T={length:6d} stopped at "
+            "the deadline", flush=True)
+      stopped = True
       break
+    if r.get("status") == "ok" and mem_limit and (r.get("planned_bytes") or {}).get(
+        "total", 0) > mem_limit:
+      r["note"] = "ran although the plan exceeds the limit"
+    if r.get("status") in ("oom", "oom (planned)"):
+      over_limit.add((impl, mode))
+    r.update(impl=impl, mode=mode, length=length, batch=batch,
+             wall_s=round(time.time() - t0, 1))
+    results.append(r)
+    write_json(out_path, record_of(args, preset, backend, mem_limit, results))
+    planned = (r.get("planned_bytes") or {}).get("total")
+    print(f"[{time.time() - t_start:6.0f}s] {impl:9s} {mode:7s} T={length:6d} B={batch:3d} "
+          f"{r.get('status'):14s} ms={r.get('ms', '-')} planned={fmt_bytes(planned)} "
+          f"peak={fmt_bytes(r.get('device_peak_bytes') or r.get('peak_rss_bytes'))} "
+          f"{r.get('note', '')[:160]}", flush=True)
 
-  results = [r for r in results if r.get("status") != "deadline"]
   if stopped:
     write_json(out_path, record_of(args, preset, backend, mem_limit, results))
     print_table(results, impls, lengths)
