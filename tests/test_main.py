@@ -19,9 +19,12 @@ def _run(*args):
 @pytest.mark.parametrize("args,match", [
     (["--config=configs/wiki.py:smoke", "--config.train.stepz=3"], "no field 'stepz'"),
     (["--config=configs/wiki.py:smok"], "unknown preset 'smok'"),
-    (["--config=configs/missing.py"], "No such file"),
+    (["--config=configs/missing.py"], "no such file"),
     (["--config=configs/wiki.py:smoke", "--config.train.steps=many"], "invalid literal"),
     (["--config=configs/wiki.py:smoke", "--config.model.attention=cosine"], "model.attention"),
+    (["--config=configs/wiki.py:smoke", "--config.trian.steps=3"], "did you mean 'train'"),
+    (["--config=configs/wiki.py:smoke", "--config.train.steps.x=3"], "no field 'x'"),
+    (["--config=configs/wiki.py:smoke", "--config.train.z_loss=big"], "takes a number"),
 ])
 def test_bad_flags_give_one_error_line(tmp_path, args, match):
   workdir = tmp_path / "run"

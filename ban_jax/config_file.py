@@ -1,0 +1,68 @@
+"""The command line's config arguments, checked before absl parses them.
+
+ml_collections reports a missing file, a failing `get_config` or an unknown override as a
+multi-line traceback; these checks give the same facts as one `UserError` that names the
+argument and the fix, by loading the file and walking the override's path ourselves.
+"""
+
+import difflib
+import importlib.util
+import os
+
+import ml_collections
+
+from ban_jax.errors import UserError
+
+EXAMPLE = "--config=configs/wiki.py:smoke"
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path[:preset]` the way ml_collections' config flag does: `get_config(*rest)`."""
+  path, *args = spec.split(":", 1)
+  if not os.path.isfile(path):
+    raise UserError(f"--config={spec}: no such file {path!r} (relative to "
+                    f"{os.getcwd()}); run from the repository root and pass e.g. {EXAMPLE}.")
+  module_spec = importlib.util.spec_from_file_location("_ban_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    return module.get_config(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever the user's config file raises is the user's to fix: say which and what.
+    raise UserError(f"--config={spec}: the config file raised {type(e).__name__}: {e}") from e
+
+
+def _parse(field, value: str, flag: str):
+  """Parses an override as the field's type, naming the flag if it does not parse."""
+  if isinstance(field, bool):
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise UserError(f"{flag}={value}: expected true or false.")
+    return
+  for kind, noun in ((int, "an integer"), (float, "a number")):
+    if isinstance(field, kind):
+      try:
+        kind(value)
+      except ValueError as e:
+        raise UserError(f"{flag}={value}: {e}; the field takes {noun}.") from None
+      return
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv) -> None:
+  """Each `--config.a.b=v` names an existing field and parses as that field's type."""
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    flag, has_value, value = arg.partition("=")
+    node, path = config, []
+    for name in flag[len("--config."):].split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(name, options, n=1)
+        where = "config" + "".join("." + p for p in path)
+        raise UserError(f"{flag}: {where} has no field '{name}'"
+                        + (f" (did you mean '{close[0]}'?)" if close else "")
+                        + "; see the config file for the fields.")
+      node = node[name]
+      path.append(name)
+    if has_value:
+      _parse(node, value, flag)
