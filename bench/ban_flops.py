@@ -31,26 +31,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ban_jax.layers.branches import AttractorBlock, BranchedAttractor
-from ban_jax.models.ban import BANBlock, BANLM, param_count
+from ban_jax.layers.attention import AttentionConfig
+from ban_jax.layers.branches import AttractorBlock, AttractorConfig, BranchedAttractor
+from ban_jax.models import make_config
+from ban_jax.models.ban import BANBlock, BANConfig, BANLM, with_unroll
+from ban_jax.models.common import param_count
+from ban_jax.models.flops import compiled_flops
 from ban_jax.models.transformer import TransformerLM
 
 # The proposed `default` preset (≈4.8M parameters with the byte vocabulary) and the transformer
-# baseline with the same attention and parameter count.
-DEFAULT_BAN = dict(width=256, depth=6, num_heads=8, num_kv_heads=8, head_dim=32, num_branches=5,
-                   attractor_steps=6, alpha=0.5, gamma=1.0, threshold=0.02, cap=0.15,
-                   dtype="bfloat16")
-BASELINE = dict(d_model=256, num_layers=6, num_heads=8, num_kv_heads=8, head_dim=32,
-                mlp_dim=1024, dtype=jnp.bfloat16)
-
-
-def _flops(fn, *args) -> float:
-  lowered = jax.jit(fn).lower(*args)
-  cost = lowered.cost_analysis()
-  if cost is None:  # some backends (GPU) only analyse the compiled executable
-    cost = lowered.compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])
+# baseline with the same attention and parameter count, as flat config.model fields. The attractor
+# loop stays a fori_loop (unroll=1) here; "ban (unrolled)" below sets it.
+DEFAULT_BAN = dict(name="ban", d_model=256, num_layers=6, num_heads=8, num_kv_heads=8,
+                   head_dim=32, num_branches=5, attractor_steps=6, alpha=0.5, gamma=1.0,
+                   threshold=0.02, cap=0.15, dtype="bfloat16")
+BASELINE = dict(name="transformer", d_model=256, num_layers=6, num_heads=8, num_kv_heads=8,
+                head_dim=32, mlp_dim=1024, dtype="bfloat16")
 
 
 def _zeros_like_init(module, *args, **kwargs):
@@ -59,12 +55,12 @@ def _zeros_like_init(module, *args, **kwargs):
 
 
 def _block(width, n, steps):
-  return BANBlock(width=width, num_heads=width // 64 or 1, num_kv_heads=width // 64 or 1,
-                  head_dim=64 if width >= 64 else width, num_branches=n, branch_width=None,
-                  attractor_steps=steps, alpha=0.5, gamma=1.0, threshold=0.02, cap=0.15,
-                  implicit_grad=False, init_scale=0.5, routing="scale",
-                  load_balance_weight=0.01, attention="dot", positional="rope", tagging=False,
-                  attention_options=None, dropout_rate=0.0, dtype=jnp.float32, unroll=True)
+  heads = width // 64 or 1
+  return BANBlock(BANConfig(
+      width=width, dtype="float32",
+      attention=AttentionConfig(num_heads=heads, num_kv_heads=heads,
+                                head_dim=64 if width >= 64 else width),
+      attractor=AttractorConfig(num_branches=n, steps=steps, unroll=True)))
 
 
 def measure(width: int, steps: int, length: int, branches=(2, 4, 8, 16)):
@@ -74,12 +70,12 @@ def measure(width: int, steps: int, length: int, branches=(2, 4, 8, 16)):
   for n in branches:
     deep = AttractorBlock(steps=steps, alpha=0.5, unroll=True)
     deep_params = _zeros_like_init(deep, x)
-    deep_flops = _flops(lambda p, h: deep.apply(p, h, h), deep_params, x)
+    deep_flops = compiled_flops(lambda p, h: deep.apply(p, h, h), deep_params, x)
 
     def layer_flops(k):
-      layer = BranchedAttractor(num_branches=n, steps=k, unroll=True)
+      layer = BranchedAttractor(AttractorConfig(num_branches=n, steps=k, unroll=True))
       params = _zeros_like_init(layer, x)
-      return _flops(lambda p, x_: layer.apply(p, x_), params, x), params
+      return compiled_flops(lambda p, x_: layer.apply(p, x_), params, x), params
 
     full, params = layer_flops(steps)
     half, _ = layer_flops(steps // 2)
@@ -87,8 +83,9 @@ def measure(width: int, steps: int, length: int, branches=(2, 4, 8, 16)):
 
     block = _block(width, n, steps)
     block_params = _zeros_like_init(block, x)
-    block_fwd = _flops(lambda p, x_: block.apply(p, x_), block_params, x)
-    block_fwd_bwd = _flops(jax.grad(lambda p, x_: block.apply(p, x_).sum()), block_params, x)
+    block_fwd = compiled_flops(lambda p, x_: block.apply(p, x_), block_params, x)
+    block_fwd_bwd = compiled_flops(jax.grad(lambda p, x_: block.apply(p, x_).sum()),
+                                   block_params, x)
     rows.append(dict(
         num_branches=n, width=width, steps=steps, length=length,
         deep_flops_per_token=deep_flops / length,
@@ -122,11 +119,13 @@ def measure_models(batch: int, length: int, vocab_size: int = 259, repeats: int 
   """Train-step FLOPs per token and measured time for the BAN variants and the baseline."""
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, vocab_size, (batch, length + 1)),
                        jnp.int32)
+  ban = lambda **flat: BANLM(vocab_size=vocab_size, config=make_config(dict(DEFAULT_BAN, **flat)))
   models = {
-      "ban (fori_loop)": BANLM(vocab_size=vocab_size, **DEFAULT_BAN),
-      "ban (unrolled)": BANLM(vocab_size=vocab_size, unroll=True, **DEFAULT_BAN),
-      "ban (implicit grad)": BANLM(vocab_size=vocab_size, implicit_grad=True, **DEFAULT_BAN),
-      "transformer baseline": TransformerLM(vocab_size=vocab_size, **BASELINE),
+      "ban (fori_loop)": ban(),
+      "ban (unrolled)": ban(unroll=True),
+      "ban (implicit grad)": ban(implicit_grad=True),
+      "transformer baseline": TransformerLM(vocab_size=vocab_size,
+                                            config=make_config(BASELINE)),
   }
   rows = []
   for name, model in models.items():
@@ -135,9 +134,9 @@ def measure_models(batch: int, length: int, vocab_size: int = 259, repeats: int 
     opt_state = optimizer.init(params)
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state).compile()
     # FLOPs from the unrolled twin: XLA counts a loop body once.
-    counted = model.clone(unroll=True) if isinstance(model, BANLM) else model
+    counted = with_unroll(model) if isinstance(model, BANLM) else model
     _, counted_step = _train_step(counted, tokens)
-    flops = _flops(counted_step, params, opt_state)
+    flops = compiled_flops(counted_step, params, opt_state)
     for _ in range(3):
       params, opt_state = compiled(params, opt_state)
     jax.block_until_ready(params)

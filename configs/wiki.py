@@ -4,13 +4,15 @@ Presets (`--config=configs/wiki.py:PRESET`):
   default   the paper's scale, ~5M parameters, for a GPU/TPU run.
   baseline  the transformer at the default's parameter count, everything else equal.
   smoke     tiny: the README quickstart and the tests (minutes on 2 CPU cores).
+  tiny      the transformer baseline shrunk to seconds per run (1 layer of width 32, 64-token
+            windows, 20 steps of batch 8): what the training-system tests start from.
 
 Any field can be overridden on the command line, e.g. `--config.train.steps=2000`.
 """
 
 import ml_collections
 
-PRESETS = ("default", "baseline", "smoke")
+PRESETS = ("default", "baseline", "smoke", "tiny")
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -43,11 +45,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.data.read_threads = 2
   c.data.prefetch = 4
 
-  # The network. name selects the factory entry in ban_jax/models/__init__.py; the fields are
-  # that model's attributes. default: the Branched Attractor Network; baseline: the transformer
-  # at the same parameter count (their only difference is the per-position layer: the BAN's
-  # branched attractor against the transformer's 256→1024→256 feed-forward).
-  if preset == "baseline":
+  # The network. name selects the model in ban_jax/models/__init__.py, whose make_config maps
+  # these flat fields onto the model's config dataclass (BANConfig, TransformerConfig).
+  # default: the Branched Attractor Network; baseline: the transformer at the same parameter
+  # count (their only difference is the per-position layer: the BAN's branched attractor
+  # against the transformer's 256→1024→256 feed-forward); tiny: that transformer shrunk.
+  if preset in ("baseline", "tiny"):
     c.model = _transformer()
   else:
     c.model = _ban()
@@ -87,7 +90,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
 
-  # Gravity Wells (seed 000 §5) and its controls: extra updates / batch selection from the loss.
+  # Gravity Wells (the Information Gravity paper) and its controls: extra updates / batch
+  # selection from the loss.
   c.wells = ml_collections.ConfigDict()
   c.wells.mode = "off"               # off | wells | uniform (control) | loss_rank (baseline)
   c.wells.per_example = False        # wells: each example's own loss drop (dense storage only)
@@ -135,11 +139,30 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     c.eval.heldout_max_batches = 20
     c.eval.sample_length = 200
     c.checkpoint.every_steps = 200
+  if preset == "tiny":
+    c.data.seq_len = 64
+    c.model.d_model = 32
+    c.model.num_layers = 1
+    c.model.num_heads = 2
+    c.model.num_kv_heads = 1
+    c.model.head_dim = 16
+    c.model.mlp_dim = 64
+    c.model.dtype = "float32"
+    c.train.steps = 20
+    c.train.batch_size = 8
+    c.train.log_every = 5
+    c.optimizer.warmup_steps = 5
+    c.eval.every_steps = 10
+    c.eval.batch_size = 8
+    c.eval.max_batches = 2
+    c.eval.heldout_path = ""
+    c.eval.sample_length = 16
+    c.checkpoint.every_steps = 10
   return c
 
 
 def _ban() -> ml_collections.ConfigDict:
-  """The Branched Attractor Network at ≈5M parameters (seed 000 §4)."""
+  """The Branched Attractor Network at ≈5M parameters (the Information Gravity paper)."""
   m = ml_collections.ConfigDict()
   m.name = "ban"
   m.d_model = 256

@@ -33,12 +33,13 @@ def cache_dir(tmp_path_factory):
   return str(_shared_tmp(tmp_path_factory) / "ban_jax_cache")
 
 
-PRESET = "baseline"  # what `tiny_config` starts from (and what CLI tests pass as the preset)
+PRESET = "tiny"  # what `tiny_config` starts from (and what CLI tests pass as the preset)
 
 
 @pytest.fixture
 def tiny_config(tfds_dir, cache_dir):
-  """The transformer baseline shrunk to seconds per run, reading the session's dataset.
+  """configs/wiki.py's `tiny` preset (the transformer baseline shrunk to seconds per run),
+  reading the session's dataset; `tiny_config(train__steps=30, ...)` overrides fields.
 
   Tests of the training system use the transformer (fast to compile); the BAN's own tests and
   the smoke run cover the default model.
@@ -49,24 +50,6 @@ def tiny_config(tfds_dir, cache_dir):
     c = wiki.get_config(PRESET)
     c.data.tfds_data_dir = tfds_dir
     c.data.cache_dir = cache_dir
-    c.data.seq_len = 64
-    c.model.d_model = 32
-    c.model.num_layers = 1
-    c.model.num_heads = 2
-    c.model.num_kv_heads = 1
-    c.model.head_dim = 16
-    c.model.mlp_dim = 64
-    c.model.dtype = "float32"
-    c.train.steps = 20
-    c.train.batch_size = 8
-    c.train.log_every = 5
-    c.optimizer.warmup_steps = 5
-    c.eval.every_steps = 10
-    c.eval.batch_size = 8
-    c.eval.max_batches = 2
-    c.eval.heldout_path = ""
-    c.eval.sample_length = 16
-    c.checkpoint.every_steps = 10
     for dotted, value in overrides.items():
       node = c
       *parents, leaf = dotted.split("__")

@@ -1,68 +1,112 @@
 """Causal self-attention for the language models, with gravity attention as an option.
 
-`SelfAttention` is the transformer's attention layer: projections, GQA, the score
-(`attention="dot" | "gravity" | "inverse_square"`, `ban_jax.ops.gravity`), the positional
+`SelfAttention(AttentionConfig(...))` is the models' attention layer: projections, GQA, the
+score (`kind="dot" | "gravity" | "inverse_square"`, `ban_jax.ops.gravity`), the positional
 scheme (`positional="rope" | "alibi" | "power_law" | "none"`), optional context tagging, and a
-decode cache. `GravityAttentionFn` and `gravity_attention_fn` plug gravity attention into any
-linen model built on `nn.MultiHeadDotProductAttention` through its `attention_fn` argument.
+decode cache. It lifts into any model on its own, e.g.
+`SelfAttention(AttentionConfig(num_heads=4, head_dim=16, kind="gravity"))`.
+`GravityAttentionFn` and `gravity_attention_fn` plug gravity attention into any linen model
+built on `nn.MultiHeadDotProductAttention` through its `attention_fn` argument.
 """
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ban_jax.errors import UserError
+from ban_jax.layers.positional import POSITIONALS
 from ban_jax.layers.positional import PowerLawField
 from ban_jax.layers.tagging import ContextTagging
+from ban_jax.layers.validation import check_choice, check_int, check_range
 from ban_jax.ops import gravity as gravity_ops
 from ban_jax.ops import positional as pos_ops
 from ban_jax.ops import rope
 
-ATTENTIONS = ("dot", "gravity", "inverse_square")
-POSITIONALS = ("rope", "alibi", "power_law", "none")
-# Seed 002: "gravity_mass_log ... initialised at 0.5" read as the raw parameter, so the initial
-# mass is M = softplus(0.5) ≈ 0.974 and the largest logit M²/ε ≈ 9.5 (with M = 0.5 it would be
-# 2.5, too flat for a head to single out one token among hundreds).
+# What `AttentionConfig.kind` may name: the op's scores, the plain baseline first.
+ATTENTIONS = ("dot",) + tuple(s for s in gravity_ops.SCORES if s != "dot")
+# The raw `gravity_mass_log` parameter starts here, so M = softplus(0.5) ≈ 0.974 and the
+# largest logit M²/ε ≈ 9.5 (with M = 0.5 it would be 2.5, too flat for a head to single out one
+# token among hundreds).
 DEFAULT_MASS_INIT = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """Settings of `SelfAttention` (frozen, so hashable: a valid linen attribute).
+
+  Attributes:
+    num_heads: query heads.
+    num_kv_heads: key/value heads; must divide `num_heads` (GQA when smaller). None: num_heads.
+    head_dim: width of one head. None: the input width // num_heads.
+    kind: the score: "dot", "gravity" (the Gravity-2 paper's M²/(‖q−k‖² + ε)) or
+      "inverse_square" (the same without the mass).
+    positional: "rope", "alibi", "power_law" (learnable per head, the AGF paper) or "none".
+    tagging: give every key a learned mass m_j (`ContextTagging`) used as `key_mass`.
+    mass_init: initial raw `gravity_mass_log` (M = softplus(raw)); "gravity" only, since the
+      mass cancels in "inverse_square" and "dot" stays the plain baseline.
+    eps: the softening ε of the distance, > 0.
+    implementation: "auto", "xla", "reference" or "pallas" for the gravity op. With "auto",
+      plain dot-product attention (no tagging, RoPE or no positions, not decoding) runs
+      `jax.nn.dot_product_attention` (cuDNN where available); there, padding rows (segment 0)
+      get finite but meaningless outputs instead of zeros.
+    block_size: query and key block of the "xla" implementation.
+    rope_max_wavelength: RoPE's longest wavelength.
+  """
+  num_heads: int = 4
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  kind: str = "dot"
+  positional: str = "rope"
+  tagging: bool = False
+  mass_init: float = DEFAULT_MASS_INIT
+  eps: float = 0.1
+  implementation: str = "auto"
+  block_size: int = gravity_ops.DEFAULT_BLOCK_K
+  rope_max_wavelength: float = 10_000.0
+
+  # Field -> its name in the flat `config.model` block; the other fields are set through
+  # `config.model.attention_options`.
+  FLAT_NAMES: ClassVar[dict[str, str]] = {
+      "num_heads": "num_heads", "num_kv_heads": "num_kv_heads", "head_dim": "head_dim",
+      "kind": "attention", "positional": "positional", "tagging": "tagging"}
+
+  def __post_init__(self):
+    name = lambda field: "model." + self.FLAT_NAMES.get(field, f"attention_options.{field}")
+    check_int(name("num_heads"), self.num_heads)
+    if self.num_kv_heads is not None:
+      check_int(name("num_kv_heads"), self.num_kv_heads)
+      if self.num_heads % self.num_kv_heads:
+        raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
+                         f"model.num_kv_heads={self.num_kv_heads}.")
+    if self.head_dim is not None:
+      check_int(name("head_dim"), self.head_dim)
+    check_choice(name("kind"), self.kind, ATTENTIONS)
+    check_choice(name("positional"), self.positional, POSITIONALS)
+    check_choice(name("implementation"), self.implementation, gravity_ops.IMPLEMENTATIONS)
+    check_range(name("eps"), self.eps, 0.0, float("inf"), low_open=True)
+    check_int(name("block_size"), self.block_size)
+    check_range(name("rope_max_wavelength"), self.rope_max_wavelength, 0.0, float("inf"),
+                low_open=True)
+
+  @property
+  def kv_heads(self) -> int:
+    """The number of key/value heads (`num_kv_heads`, or `num_heads` when None)."""
+    return self.num_kv_heads or self.num_heads
 
 
 class SelfAttention(nn.Module):
   """Multi-head causal self-attention with grouped key/value heads.
 
   Attributes:
-    num_heads: query heads.
-    num_kv_heads: key/value heads; must divide `num_heads` (GQA when smaller).
-    head_dim: width of one head.
-    attention: score: "dot", "gravity" (seed 002) or "inverse_square".
-    positional: "rope", "alibi", "power_law" (learnable per head, seed 003) or "none".
+    config: the `AttentionConfig`.
     dtype: computation dtype.
-    tagging: give every key a learned mass m_j (`ContextTagging`) used as `key_mass`.
-    mass_init: initial raw `gravity_mass_log` (M = softplus(raw)); "gravity" only, since the
-      mass cancels in "inverse_square" and "dot" stays the plain baseline.
-    eps: the softening ε of the distance.
-    implementation: "auto", "xla", "reference" or "pallas" for the gravity op. With "auto",
-      plain dot-product attention (no tagging, RoPE or no positions, not decoding) runs
-      `jax.nn.dot_product_attention` (cuDNN where available); there, padding rows (segment 0)
-      get finite but meaningless outputs instead of zeros.
-    block_size: query and key block of the "xla" implementation.
     decode: keep a key/value cache in the "cache" collection (see `__call__`).
-    rope_max_wavelength: RoPE's longest wavelength.
   """
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  attention: str = "dot"
-  positional: str = "rope"
+  config: AttentionConfig = AttentionConfig()
   dtype: Any = jnp.float32
-  tagging: bool = False
-  mass_init: float = DEFAULT_MASS_INIT
-  eps: float = 0.1
-  implementation: str = "auto"
-  block_size: int = gravity_ops.DEFAULT_BLOCK_K
   decode: bool = False
-  rope_max_wavelength: float = 10_000.0
 
   @nn.compact
   def __call__(self, x, *, segment_ids=None, positions=None):
@@ -83,14 +127,9 @@ class SelfAttention(nn.Module):
     (a prompt, then one at a time), writes their keys and values at the cache index, and
     attends to everything cached so far.
     """
-    if self.attention not in ATTENTIONS:
-      raise UserError(f"attention={self.attention!r} is unknown; use one of {ATTENTIONS}.")
-    if self.positional not in POSITIONALS:
-      raise UserError(f"positional={self.positional!r} is unknown; use one of {POSITIONALS}.")
-    if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
-      raise UserError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-                      f"({self.num_kv_heads}).")
+    cfg = self.config
     batch, length, features = x.shape
+    head_dim = cfg.head_dim or features // cfg.num_heads
     decoding = self.decode and self.has_variable("cache", "cached_key")
     index = None
     if decoding:
@@ -101,33 +140,33 @@ class SelfAttention(nn.Module):
                                    (batch, length))
 
     dense = lambda heads, name: nn.DenseGeneral(
-        (heads, self.head_dim), use_bias=False, dtype=self.dtype, name=name)
-    q = dense(self.num_heads, "query")(x)
-    k = dense(self.num_kv_heads, "key")(x)
-    v = dense(self.num_kv_heads, "value")(x)
-    if self.positional == "rope":
-      q = rope.apply(q, positions, max_wavelength=self.rope_max_wavelength)
-      k = rope.apply(k, positions, max_wavelength=self.rope_max_wavelength)
-    key_mass = ContextTagging(dtype=self.dtype, name="tagging")(x) if self.tagging else None
+        (heads, head_dim), use_bias=False, dtype=self.dtype, name=name)
+    q = dense(cfg.num_heads, "query")(x)
+    k = dense(cfg.kv_heads, "key")(x)
+    v = dense(cfg.kv_heads, "value")(x)
+    if cfg.positional == "rope":
+      q = rope.apply(q, positions, max_wavelength=cfg.rope_max_wavelength)
+      k = rope.apply(k, positions, max_wavelength=cfg.rope_max_wavelength)
+    key_mass = ContextTagging(dtype=self.dtype, name="tagging")(x) if cfg.tagging else None
 
     mass = None
-    if self.attention == "gravity":
-      raw = self.param("gravity_mass_log", nn.initializers.constant(self.mass_init),
-                       (self.num_heads,), jnp.float32)
+    if cfg.kind == "gravity":
+      raw = self.param("gravity_mass_log", nn.initializers.constant(cfg.mass_init),
+                       (cfg.num_heads,), jnp.float32)
       mass = nn.softplus(raw)
       self.sow("diagnostics", "gravity_mass_mean", jnp.mean(mass))
     power_law = alibi = None
-    if self.positional == "power_law":
-      power_law = PowerLawField(self.num_heads, name="power_law")()
-    elif self.positional == "alibi":
-      alibi = jnp.asarray(pos_ops.alibi_slopes(self.num_heads))
+    if cfg.positional == "power_law":
+      power_law = PowerLawField(cfg.num_heads, name="power_law")()
+    elif cfg.positional == "alibi":
+      alibi = jnp.asarray(pos_ops.alibi_slopes(cfg.num_heads))
 
-    op_args = dict(eps=self.eps, power_law=power_law, alibi_slopes=alibi, score=self.attention,
-                   implementation=self.implementation, block_k=self.block_size)
+    op_args = dict(eps=cfg.eps, power_law=power_law, alibi_slopes=alibi, score=cfg.kind,
+                   implementation=cfg.implementation, block_k=cfg.block_size)
     if self.decode:
       out = self._cached(q, k, v, mass, key_mass, segment_ids, positions, op_args)
-    elif (self.attention == "dot" and self.implementation == "auto" and not self.tagging
-          and self.positional in ("rope", "none")):
+    elif (cfg.kind == "dot" and cfg.implementation == "auto" and not cfg.tagging
+          and cfg.positional in ("rope", "none")):
       mask = None
       if segment_ids is not None:
         mask = ((segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
@@ -136,7 +175,7 @@ class SelfAttention(nn.Module):
     else:
       out = gravity_ops.gravity_attention(q, k, v, mass, causal=True, segment_ids=segment_ids,
                                           positions=positions, key_mass=key_mass,
-                                          block_q=self.block_size, **op_args)
+                                          block_q=cfg.block_size, **op_args)
     return nn.DenseGeneral(features, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                            name="out")(out)
 
@@ -160,7 +199,7 @@ class SelfAttention(nn.Module):
                                            positions=positions, key_mass=key_mass, **op_args)
     max_len = c_key.value.shape[1]
     if length > max_len:
-      raise UserError(f"{length} new tokens do not fit a decode cache of length {max_len}; "
+      raise ValueError(f"{length} new tokens do not fit a decode cache of length {max_len}; "
                       "initialise the cache with a longer input.")
     index = c_index.value
     put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
@@ -178,7 +217,7 @@ class SelfAttention(nn.Module):
         key_mass=None if c_mass is None else c_mass.value, **op_args)
 
 
-# Issue 3 names the gravity layer `GravityAttention`; it is the same module.
+# The gravity layer under the name the Gravity-2 paper uses; the same module.
 GravityAttention = SelfAttention
 
 
@@ -221,7 +260,7 @@ def gravity_attention_fn(query, key, value, bias=None, mask=None, broadcast_drop
   """
   del broadcast_dropout, dropout_rng, precision
   if dropout_rate > 0.0 and not deterministic:
-    raise UserError("gravity attention has no attention dropout; set dropout_rate=0 on the "
+    raise ValueError("gravity attention has no attention dropout; set dropout_rate=0 on the "
                     "attention layer (or run deterministic).")
   heads = query.shape[-2]
   if mass is None and score == "gravity":

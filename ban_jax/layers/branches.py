@@ -1,4 +1,4 @@
-"""The Branched Attractor Network's per-position layers (seed 000 §4.2–4.3).
+"""The Branched Attractor Network's per-position layers (the Information Gravity paper).
 
 Per position, from a normalised hidden state x [d_model]:
 
@@ -17,19 +17,75 @@ Per position, from a normalised hidden state x [d_model]:
    π_f / stop_gradient(π_f) (forward value unchanged, same gradient direction for the scorer).
 
 Per-branch parameters carry a leading branch axis ([N, ...]) so that branches can later be
-sharded or offloaded one by one (seed §4.5).
+sharded or offloaded one by one.
+
+`BranchedAttractor(AttractorConfig(...))` composes the steps; the parts are usable alone.
 """
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ban_jax.errors import UserError
+from ban_jax.layers.validation import check_choice, check_int, check_range
 from ban_jax.ops import attractor as attractor_ops
 
+# What `AttractorConfig.routing` may name (how the salience scorer gets its gradient).
 ROUTINGS = ("scale", "straight_through")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttractorConfig:
+  """Settings of `BranchedAttractor` (frozen, so hashable: a valid linen attribute).
+
+  Attributes:
+    num_branches: N >= 1 branches per position.
+    branch_width: width of a branch; None or 0: the input width.
+    steps: fixed number of attractor steps, >= 1.
+    alpha: attractor step size in (0, 1].
+    gamma: scale of the peripheral influence in the attractor drive.
+    threshold: influence gate threshold, a fraction of the focus drive's norm (<= cap).
+    cap: influence cap, a fraction of the focus drive's norm (> 0; the paper's 15%).
+    implicit_grad: implicit (fixed-point) gradients instead of backprop through the loop.
+    init_scale: spectral norm of the attractor's W at initialisation (< 1: contractive).
+    routing: "scale" (output × π_f) or "straight_through" (output × π_f / sg(π_f)).
+    load_balance_weight: weight (>= 0) of the load-balance loss.
+    unroll: `lax.fori_loop` unrolling of the attractor (True for FLOP counting).
+  """
+  num_branches: int = 4
+  branch_width: int | None = None
+  steps: int = 6
+  alpha: float = 0.5
+  gamma: float = 1.0
+  threshold: float = 0.02
+  cap: float = 0.15
+  implicit_grad: bool = False
+  init_scale: float = 0.5
+  routing: str = "scale"
+  load_balance_weight: float = 0.01
+  unroll: Any = 1
+
+  # Field -> its name in the flat `config.model` block.
+  FLAT_NAMES: ClassVar[dict[str, str]] = {
+      "num_branches": "num_branches", "branch_width": "branch_width",
+      "steps": "attractor_steps", "alpha": "alpha", "gamma": "gamma",
+      "threshold": "threshold", "cap": "cap", "implicit_grad": "implicit_grad",
+      "init_scale": "init_scale", "routing": "routing",
+      "load_balance_weight": "load_balance_weight", "unroll": "unroll"}
+
+  def __post_init__(self):
+    name = lambda field: "model." + self.FLAT_NAMES[field]
+    check_int(name("num_branches"), self.num_branches)
+    if self.branch_width is not None:
+      check_int(name("branch_width"), self.branch_width, low=0)
+    check_int(name("steps"), self.steps)
+    check_range(name("alpha"), self.alpha, 0.0, 1.0, low_open=True)
+    check_range(name("cap"), self.cap, 0.0, float("inf"), low_open=True)
+    check_range(name("threshold"), self.threshold, 0.0, self.cap)
+    check_choice(name("routing"), self.routing, ROUTINGS)
+    check_range(name("load_balance_weight"), self.load_balance_weight, 0.0, float("inf"))
 
 
 class BranchGenerator(nn.Module):
@@ -123,7 +179,7 @@ class InfluenceGate(nn.Module):
 
   Attributes:
     threshold: gate-opening fraction of ‖h‖.
-    cap: the cap, a fraction of ‖h‖ (the seed's 15%).
+    cap: the cap, a fraction of ‖h‖ (the paper's 15%).
     dtype: computation dtype.
   """
   threshold: float
@@ -200,36 +256,11 @@ class BranchedAttractor(nn.Module):
   "losses" (when the weight is > 0), and the focus index per token into "intermediates".
 
   Attributes:
-    num_branches: N >= 1.
-    branch_width: width of a branch; None uses the input width.
-    steps, alpha, gamma, implicit_grad, init_scale: see `AttractorBlock`.
-    threshold, cap: see `InfluenceGate`.
-    routing: "scale" (output × π_f) or "straight_through" (output × π_f / sg(π_f)).
-    load_balance_weight: weight of the load-balance loss.
+    config: the `AttractorConfig`.
     dtype: computation dtype of the projections.
-    unroll: `lax.fori_loop` unrolling of the attractor.
   """
-  num_branches: int = 4
-  branch_width: int | None = None
-  steps: int = 6
-  alpha: float = 0.5
-  gamma: float = 1.0
-  threshold: float = 0.02
-  cap: float = 0.15
-  implicit_grad: bool = False
-  init_scale: float = 0.5
-  routing: str = "scale"
-  load_balance_weight: float = 0.01
+  config: AttractorConfig = AttractorConfig()
   dtype: Any = jnp.float32
-  unroll: Any = 1
-
-  def _validate(self):
-    if not isinstance(self.num_branches, int) or self.num_branches < 1:
-      raise UserError(f"num_branches must be a positive integer, got {self.num_branches!r}.")
-    if self.routing not in ROUTINGS:
-      raise UserError(f"unknown routing {self.routing!r}; use one of {ROUTINGS}.")
-    if self.load_balance_weight < 0:
-      raise UserError(f"load_balance_weight must be >= 0, got {self.load_balance_weight!r}.")
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -243,9 +274,9 @@ class BranchedAttractor(nn.Module):
     Returns:
       [batch, length, d_model] in `dtype`.
     """
-    self._validate()
-    n = self.num_branches
-    width = self.branch_width or x.shape[-1]
+    cfg = self.config
+    n = cfg.num_branches
+    width = cfg.branch_width or x.shape[-1]
     if mask is None:
       mask = jnp.ones(x.shape[:2], bool)
 
@@ -258,15 +289,15 @@ class BranchedAttractor(nn.Module):
     if n > 1:
       peripheral = jnp.tanh(branches)                         # the cheap, shallow update
       weights = probs * (1.0 - jax.nn.one_hot(focus, n, dtype=probs.dtype))
-      influence, is_open = InfluenceGate(self.threshold, self.cap, dtype=self.dtype,
+      influence, is_open = InfluenceGate(cfg.threshold, cfg.cap, dtype=self.dtype,
                                          name="gate")(peripheral, weights, h)
     else:
       influence, is_open = None, jnp.zeros(x.shape[:2], bool)
 
-    z, residual = AttractorBlock(self.steps, self.alpha, self.gamma, self.implicit_grad,
-                                 self.init_scale, self.unroll, name="attractor")(h, influence)
+    z, residual = AttractorBlock(cfg.steps, cfg.alpha, cfg.gamma, cfg.implicit_grad,
+                                 cfg.init_scale, cfg.unroll, name="attractor")(h, influence)
     y = nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, name="out")(z)
-    if self.routing == "scale":
+    if cfg.routing == "scale":
       route = focus_prob
     else:
       route = focus_prob / jax.lax.stop_gradient(focus_prob)
@@ -279,15 +310,16 @@ class BranchedAttractor(nn.Module):
     weight = mask.astype(jnp.float32)
     total = jnp.maximum(weight.sum(), 1.0)
     mean = lambda v: jnp.sum(v.astype(jnp.float32) * weight) / total
-    usage = jnp.einsum("bt,btn->n", weight, jax.nn.one_hot(focus, self.num_branches)) / total
-    for i in range(self.num_branches):
+    n = self.config.num_branches
+    usage = jnp.einsum("bt,btn->n", weight, jax.nn.one_hot(focus, n)) / total
+    for i in range(n):
       self.sow("diagnostics", f"focus_usage_{i}", usage[i])
     entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
     self.sow("diagnostics", "salience_entropy", mean(entropy))
     balance = load_balance(focus, probs, mask)
     self.sow("diagnostics", "load_balance", jax.lax.stop_gradient(balance))
-    if self.load_balance_weight > 0:
-      self.sow("losses", "load_balance", self.load_balance_weight * balance)
+    if self.config.load_balance_weight > 0:
+      self.sow("losses", "load_balance", self.config.load_balance_weight * balance)
     residual = jax.lax.stop_gradient(residual)
     z_norm = attractor_ops.safe_norm(jax.lax.stop_gradient(z))
     self.sow("diagnostics", "attractor_residual", mean(residual))
@@ -297,7 +329,7 @@ class BranchedAttractor(nn.Module):
     if influence is None:
       magnitude = jnp.zeros_like(h_norm)
     else:
-      magnitude = self.gamma * attractor_ops.safe_norm(
+      magnitude = self.config.gamma * attractor_ops.safe_norm(
           jax.lax.stop_gradient(influence).astype(jnp.float32)) / jnp.maximum(h_norm, 1e-12)
     self.sow("diagnostics", "influence_magnitude", mean(magnitude))
     self.sow("diagnostics", "gate_open_rate", mean(is_open))

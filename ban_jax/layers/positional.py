@@ -1,9 +1,18 @@
-"""Learnable positional fields for attention (seed 003's attention gravitational field)."""
+"""Positional schemes of `SelfAttention` and the learnable power-law field.
+
+The power-law field is the attention gravitational field of the AGF paper: a per-head bias that
+makes attention weight fall as a power of the distance between query and key.
+"""
 
 import flax.linen as nn
 import numpy as np
 
 from ban_jax.ops.gravity import softplus_inverse
+
+# What `AttentionConfig.positional` may name: RoPE rotates queries and keys
+# (`ban_jax.ops.rope`); "alibi" and "power_law" add a distance bias to the logits
+# (`ban_jax.ops.positional`); "none" uses no positions at all.
+POSITIONALS = ("rope", "alibi", "power_law", "none")
 
 
 def power_law_power_init(num_heads: int, low: float = 1 / 16, high: float = 2.0) -> np.ndarray:

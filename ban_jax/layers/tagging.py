@@ -1,4 +1,4 @@
-"""Context tagging (seed 000, level two): a positive gravity mass for every token."""
+"""Context tagging (level two of the Information Gravity paper): a positive mass per token."""
 
 from typing import Any
 

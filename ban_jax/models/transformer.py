@@ -1,11 +1,55 @@
 """A decoder-only pre-norm transformer: the baseline every gravity variant is measured against."""
 
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ban_jax.layers.attention import SelfAttention
+from ban_jax.layers.attention import AttentionConfig, SelfAttention
+from ban_jax.layers.validation import check_int, check_range
+from ban_jax.models.common import dtype_name
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """The whole transformer (frozen, so hashable: a valid linen attribute).
+
+  Built from the flat `config.model` block by `ban_jax.models.make_config`.
+
+  Attributes:
+    width: model width (residual stream); `model.d_model`.
+    depth: number of blocks; `model.num_layers`.
+    mlp_dim: hidden width of the feed-forward layer.
+    attention: the token mixing, see `AttentionConfig`.
+    dropout_rate: dropout on the residual branches (only when deterministic=False), in [0, 1).
+    dtype: computation dtype name, one of `ban_jax.models.common.DTYPES` (parameters stay
+      float32; logits are float32). A dtype object is accepted and stored by name.
+    remat: rematerialise each block in the backward pass (saves activation memory).
+  """
+  width: int = 256
+  depth: int = 6
+  mlp_dim: int = 1024
+  attention: AttentionConfig = AttentionConfig()
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+  remat: bool = False
+
+  # Field -> its name in the flat `config.model` block (`attention` takes its fields from
+  # AttentionConfig.FLAT_NAMES).
+  FLAT_NAMES: ClassVar[dict[str, str]] = {
+      "width": "d_model", "depth": "num_layers", "mlp_dim": "mlp_dim",
+      "dropout_rate": "dropout_rate", "dtype": "dtype", "remat": "remat"}
+
+  def __post_init__(self):
+    check_int("model.d_model", self.width)
+    check_int("model.num_layers", self.depth)
+    check_int("model.mlp_dim", self.mlp_dim)
+    if self.attention.head_dim is None and self.width % self.attention.num_heads:
+      raise ValueError(f"model.d_model={self.width} is not divisible by model.num_heads="
+                       f"{self.attention.num_heads}; change one or set model.head_dim.")
+    check_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, high_open=True)
+    object.__setattr__(self, "dtype", dtype_name("model.dtype", self.dtype))
 
 
 class Mlp(nn.Module):
@@ -20,69 +64,44 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attention(Norm(x)), then x + Mlp(Norm(x))."""
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  attention: str = "dot"
-  positional: str = "rope"
-  tagging: bool = False
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
+  """x + Attention(Norm(x)), then x + Mlp(Norm(x)): [batch, length, width] -> the same."""
+  config: TransformerConfig
 
   @nn.compact
   def __call__(self, x, segment_ids, positions, deterministic):
-    h = nn.RMSNorm(dtype=self.dtype, name="attn_norm")(x)
-    h = SelfAttention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-                      head_dim=self.head_dim, attention=self.attention,
-                      positional=self.positional, tagging=self.tagging, dtype=self.dtype,
-                      name="attn")(
-                          h, segment_ids=segment_ids, positions=positions)
-    x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    h = Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(nn.RMSNorm(dtype=self.dtype,
-                                                                   name="mlp_norm")(x))
-    return x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    h = nn.RMSNorm(dtype=dtype, name="attn_norm")(x)
+    h = SelfAttention(cfg.attention, dtype=dtype, name="attn")(
+        h, segment_ids=segment_ids, positions=positions)
+    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = Mlp(cfg.mlp_dim, dtype=dtype, name="mlp")(nn.RMSNorm(dtype=dtype, name="mlp_norm")(x))
+    return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
 
 class TransformerLM(nn.Module):
-  """tokens [batch, length] -> logits [batch, length, vocab] (float32), causal.
+  """tokens int32 [batch, length] -> logits float32 [batch, length, vocab], causal.
 
   Input and output embeddings are tied.
+
+  Attributes:
+    vocab_size: number of token ids.
+    config: the `TransformerConfig`.
   """
   vocab_size: int
-  d_model: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  attention: str = "dot"
-  positional: str = "rope"
-  tagging: bool = False
-  dropout_rate: float = 0.0
-  dtype: Any = jnp.float32
-  remat: bool = False
+  config: TransformerConfig = TransformerConfig()
 
   @nn.compact
   def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic=True):
-    embed = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype,
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    embed = nn.Embed(self.vocab_size, cfg.width, dtype=dtype,
                      embedding_init=nn.initializers.normal(1.0), name="embed")
     x = embed(tokens)
-    block = nn.remat(Block, static_argnums=(4,)) if self.remat else Block
-    for i in range(self.num_layers):
-      x = block(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-                head_dim=self.head_dim, mlp_dim=self.mlp_dim, attention=self.attention,
-                positional=self.positional, tagging=self.tagging,
-                dropout_rate=self.dropout_rate, dtype=self.dtype, name=f"block_{i}")(x, segment_ids, positions, deterministic)
-    x = nn.RMSNorm(dtype=self.dtype, name="final_norm")(x)
+    # static_argnums counts `self`: 4 is `deterministic`, a Python bool.
+    block = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
+    for i in range(cfg.depth):
+      x = block(cfg, name=f"block_{i}")(x, segment_ids, positions, deterministic)
+    x = nn.RMSNorm(dtype=dtype, name="final_norm")(x)
     # Unit-variance embeddings as logits weights would make initial logits O(sqrt(d)): scale.
-    return embed.attend(x * self.d_model ** -0.5).astype(jnp.float32)
-
-
-def from_config(cfg, vocab_size: int) -> TransformerLM:
-  return TransformerLM(
-      vocab_size=vocab_size, d_model=cfg.d_model, num_layers=cfg.num_layers,
-      num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-      mlp_dim=cfg.mlp_dim, attention=cfg.attention, positional=cfg.positional,
-      tagging=cfg.get("tagging", False), dropout_rate=cfg.dropout_rate, dtype=jnp.dtype(cfg.dtype), remat=cfg.remat)
+    return embed.attend(x * cfg.width ** -0.5).astype(jnp.float32)

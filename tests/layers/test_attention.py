@@ -12,7 +12,6 @@ import numpy as np
 import optax
 import pytest
 
-from ban_jax.errors import UserError
 from ban_jax.layers import attention
 from ban_jax.ops import gravity as G
 
@@ -21,8 +20,9 @@ WIKI_DUMP = ("gensim/test/test_data/"
 
 
 def _layer(**kw):
-  return attention.SelfAttention(**dict(dict(num_heads=4, num_kv_heads=2, head_dim=8,
-                                             block_size=8), **kw))
+  """SelfAttention with 4 query heads, 2 kv heads of width 8; `kw` are AttentionConfig fields."""
+  return attention.SelfAttention(attention.AttentionConfig(
+      **dict(dict(num_heads=4, num_kv_heads=2, head_dim=8, block_size=8), **kw)))
 
 
 def _x(batch=2, length=13, features=16, seed=0):
@@ -38,7 +38,7 @@ def _x(batch=2, length=13, features=16, seed=0):
                                 "tagging"}),
 ])
 def test_parameters(att, posn, tagging, want):
-  params = jax.eval_shape(lambda: _layer(attention=att, positional=posn, tagging=tagging).init(
+  params = jax.eval_shape(lambda: _layer(kind=att, positional=posn, tagging=tagging).init(
       jax.random.key(0), _x()))["params"]
   assert set(params) == want
   assert params["query"]["kernel"].shape == (16, 4, 8)
@@ -46,7 +46,7 @@ def test_parameters(att, posn, tagging, want):
 
 
 def test_mass_starts_at_softplus_of_half():
-  params = jax.jit(_layer(attention="gravity").init)(jax.random.key(0), _x())["params"]
+  params = jax.jit(_layer(kind="gravity").init)(jax.random.key(0), _x())["params"]
   np.testing.assert_allclose(params["gravity_mass_log"], np.full(4, 0.5))
   np.testing.assert_allclose(jax.nn.softplus(params["gravity_mass_log"]), 0.974077, rtol=1e-5)
 
@@ -54,7 +54,7 @@ def test_mass_starts_at_softplus_of_half():
 def test_layer_is_the_op_on_its_projections():
   """Gravity + power law + tagging + GQA + packed segments: the layer output equals the op
   applied by hand to the layer's own projections and parameters."""
-  layer = _layer(attention="gravity", positional="power_law", tagging=True, mass_init=1.3)
+  layer = _layer(kind="gravity", positional="power_law", tagging=True, mass_init=1.3)
   x = _x()
   seg = jnp.asarray([[1] * 6 + [2] * 5 + [0] * 2] * 2)
   pos = jnp.asarray([list(range(6)) + list(range(5)) + [0, 0]] * 2)
@@ -92,7 +92,7 @@ def test_decode_with_cache_equals_full_forward(att, posn, tagging):
 
 
 def _check_decode(att, posn, tagging):
-  layer = _layer(attention=att, positional=posn, tagging=tagging)
+  layer = _layer(kind=att, positional=posn, tagging=tagging)
   x = _x(length=12)
   params = jax.jit(layer.init)(jax.random.key(1), x)["params"]
   full = jax.jit(layer.apply)({"params": params}, x)
@@ -110,13 +110,31 @@ def _check_decode(att, posn, tagging):
   assert int(state["cache"]["cache_index"]) == 12
 
 
-def test_bad_configuration_raises_user_error():
-  with pytest.raises(UserError, match="attention"):
-    _layer(attention="cosine").init(jax.random.key(0), _x())
-  with pytest.raises(UserError, match="positional"):
-    _layer(positional="sinusoid").init(jax.random.key(0), _x())
-  with pytest.raises(UserError, match="num_kv_heads"):
-    _layer(num_kv_heads=3).init(jax.random.key(0), _x())
+def test_bad_configuration_raises_value_error_naming_the_flat_field():
+  with pytest.raises(ValueError, match=re.escape(
+      "model.attention='cosine' is not one of ('dot', 'gravity', 'inverse_square')")):
+    attention.AttentionConfig(kind="cosine")
+  with pytest.raises(ValueError, match="model.positional='sinusoid'"):
+    attention.AttentionConfig(positional="sinusoid")
+  with pytest.raises(ValueError, match="multiple of model.num_kv_heads=3"):
+    attention.AttentionConfig(num_heads=4, num_kv_heads=3)
+  with pytest.raises(ValueError, match="model.attention_options.implementation"):
+    attention.AttentionConfig(implementation="cuda")
+  with pytest.raises(ValueError, match="model.attention_options.eps"):
+    attention.AttentionConfig(eps=0.0)
+  with pytest.raises(TypeError, match="model.num_heads"):
+    attention.AttentionConfig(num_heads="4")
+
+
+def test_defaults_make_a_usable_layer():
+  """The config a user would write to lift the layer into their own model."""
+  layer = attention.SelfAttention(attention.AttentionConfig(num_heads=4, head_dim=16,
+                                                            kind="gravity"))
+  params = jax.eval_shape(lambda: layer.init(jax.random.key(0), _x()))["params"]
+  assert params["key"]["kernel"].shape == (16, 4, 16)      # num_kv_heads None: num_heads
+  # head_dim None: the input width over the heads.
+  params = jax.eval_shape(lambda: attention.SelfAttention().init(jax.random.key(0), _x()))
+  assert params["params"]["query"]["kernel"].shape == (16, 4, 4)
 
 
 # ------------------------------------------------------------------------------------------
@@ -214,6 +232,6 @@ def test_gravity_attention_fn_mass_sources():
                           implementation="reference")
   want = jnp.einsum("bthd,hdf->btf", o, p["out"]["kernel"]) + p["out"]["bias"]
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
-  with pytest.raises(UserError, match="dropout"):
+  with pytest.raises(ValueError, match="dropout"):
     attention.gravity_attention_fn(jnp.ones((1, 4, 2, 4)), jnp.ones((1, 4, 2, 4)),
                                    jnp.ones((1, 4, 2, 4)), dropout_rate=0.1)

@@ -6,8 +6,13 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
-from ban_jax.errors import UserError
 from ban_jax.layers import branches as B
+from ban_jax.models.flops import compiled_flops
+
+
+def _layer(dtype=jnp.float32, **settings):
+  """A BranchedAttractor with `settings` as AttractorConfig fields."""
+  return B.BranchedAttractor(B.AttractorConfig(**settings), dtype=dtype)
 
 
 def _x(seed, shape=(2, 5, 12)):
@@ -103,7 +108,7 @@ def test_load_balance_is_one_when_balanced_and_n_when_collapsed():
 @pytest.mark.parametrize("routing,n", [("scale", 1), ("straight_through", 3), ("scale", 8)])
 def test_branched_attractor_matches_float64_reference(routing, n):
   settings = dict(steps=5, alpha=0.6, gamma=0.9, threshold=0.05, cap=0.15, routing=routing)
-  layer = B.BranchedAttractor(num_branches=n, branch_width=10, **settings)
+  layer = _layer(num_branches=n, branch_width=10, **settings)
   x = _x(n)
   params = _params(layer, x, n)
   y = jax.jit(layer.apply)({"params": params}, x)
@@ -119,8 +124,8 @@ def test_attractor_weights_start_contractive():
 
 def test_implicit_grad_layer_runs_and_matches_forward():
   x = _x(3)
-  a = B.BranchedAttractor(num_branches=4, steps=6)
-  b = B.BranchedAttractor(num_branches=4, steps=6, implicit_grad=True)
+  a = _layer(num_branches=4, steps=6)
+  b = _layer(num_branches=4, steps=6, implicit_grad=True)
   params = _params(a, x, 0)
   np.testing.assert_allclose(jax.jit(a.apply)({"params": params}, x),
                              jax.jit(b.apply)({"params": params}, x), rtol=1e-6, atol=1e-7)
@@ -132,7 +137,7 @@ def test_implicit_grad_layer_runs_and_matches_forward():
 @pytest.mark.parametrize("routing", ["scale", "straight_through"])
 def test_gradients_reach_the_scorer_and_every_part(routing):
   x = _x(4)
-  layer = B.BranchedAttractor(num_branches=4, steps=3, routing=routing)
+  layer = _layer(num_branches=4, steps=3, routing=routing)
   params = _params(layer, x, 1)
   cot = np.random.default_rng(0).normal(size=x.shape)
   g = jax.jit(jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x) * cot)))(params)
@@ -143,8 +148,8 @@ def test_gradients_reach_the_scorer_and_every_part(routing):
 def test_check_grads_of_the_layer_in_float64():
   with jax.enable_x64(True):
     x = np.asarray(_x(5, (1, 3, 6)), np.float64)
-    layer = B.BranchedAttractor(num_branches=3, branch_width=5, steps=3, threshold=0.0,
-                                cap=0.15, dtype=jnp.float64)
+    layer = _layer(num_branches=3, branch_width=5, steps=3, threshold=0.0, cap=0.15,
+                   dtype=jnp.float64)
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), _params(layer, x, 2))
     f = jax.jit(lambda p, x_: layer.apply({"params": p}, x_))
     # Small steps keep finite differences inside one routing decision and one gate state.
@@ -155,7 +160,7 @@ def test_diagnostics_and_losses():
   x = _x(6, (2, 8, 12))
   mask = np.ones((2, 8), bool)
   mask[1, 5:] = False
-  layer = B.BranchedAttractor(num_branches=4, steps=4, gamma=0.5, load_balance_weight=0.02)
+  layer = _layer(num_branches=4, steps=4, gamma=0.5, load_balance_weight=0.02)
   params = _params(layer, x, 0, mask=mask)
   apply = jax.jit(lambda p, x_, m: layer.apply(
       {"params": p}, x_, mask=m, mutable=["diagnostics", "losses", "intermediates"]))
@@ -178,7 +183,7 @@ def test_diagnostics_and_losses():
 def test_closed_gate_means_periphery_has_no_effect():
   x = _x(7)
   settings = dict(num_branches=4, steps=4, threshold=0.99, cap=1.0)
-  layer = B.BranchedAttractor(**settings)
+  layer = _layer(**settings)
   params = _params(layer, x, 0)
   apply = jax.jit(lambda p: layer.apply({"params": p}, x, mutable=["diagnostics"]))
   y, state = apply(params)
@@ -188,29 +193,27 @@ def test_closed_gate_means_periphery_has_no_effect():
   np.testing.assert_array_equal(y, apply(params2)[0])
 
 
-@pytest.mark.parametrize("bad", [dict(num_branches=0), dict(routing="soft"),
-                                 dict(load_balance_weight=-1.0), dict(steps=0),
-                                 dict(threshold=0.3, cap=0.15)])
-def test_bad_settings_raise_user_error(bad):
-  with pytest.raises(UserError):
-    jax.eval_shape(lambda: B.BranchedAttractor(**bad).init(jax.random.key(0), _x(0)))
+@pytest.mark.parametrize("bad, flat_name", [
+    (dict(num_branches=0), "num_branches"), (dict(routing="soft"), "routing"),
+    (dict(load_balance_weight=-1.0), "load_balance_weight"), (dict(steps=0), "attractor_steps"),
+    (dict(threshold=0.3, cap=0.15), "threshold"), (dict(alpha=0.0), "alpha"),
+    (dict(branch_width=-1), "branch_width")])
+def test_bad_settings_raise_value_error_naming_the_flat_field(bad, flat_name):
+  with pytest.raises(ValueError, match=f"model.{flat_name}="):
+    B.AttractorConfig(**bad)
 
 
-def _flops(fn, *args):
-  lowered = jax.jit(fn).lower(*args)
-  cost = lowered.cost_analysis()
-  if cost is None:  # some backends (GPU) only analyse the compiled executable
-    cost = lowered.compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])
+def test_wrong_types_raise_type_error():
+  with pytest.raises(TypeError, match="model.num_branches"):
+    B.AttractorConfig(num_branches=2.5)
 
 
 def _layer_flops(n, steps, width=32, tokens=(2, 16)):
-  layer = B.BranchedAttractor(num_branches=n, steps=steps, unroll=True)
+  layer = _layer(num_branches=n, steps=steps, unroll=True)
   x = jnp.zeros(tokens + (width,))
   params = jax.eval_shape(lambda: layer.init(jax.random.key(0), x))
   params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
-  return _flops(lambda p, x_: layer.apply(p, x_), params, x)
+  return compiled_flops(lambda p, x_: layer.apply(p, x_), params, x)
 
 
 def test_deep_part_flops_are_independent_of_the_number_of_branches():

@@ -8,10 +8,17 @@ import numpy as np
 import optax
 import pytest
 
-from ban_jax.errors import UserError
-from ban_jax.models.ban import BANLM, from_config, param_count
+from ban_jax.models import make_config
+from ban_jax.models.ban import BANLM
+from ban_jax.models.common import param_count
 
-TINY = dict(vocab_size=64, width=32, depth=2, num_heads=2, num_branches=3, attractor_steps=3)
+# Flat `config.model` fields, as configs/wiki.py spells them.
+TINY = dict(d_model=32, num_layers=2, num_heads=2, num_branches=3, attractor_steps=3)
+
+
+def _ban(**flat):
+  """A BANLM with vocabulary 64 from flat config.model fields (TINY + `flat`)."""
+  return BANLM(vocab_size=64, config=make_config(dict(TINY, name="ban", **flat)))
 
 
 def _params(model, tokens, seed=0):
@@ -52,7 +59,7 @@ def _future_gradients(model, params, tokens, **kwargs):
                                            attention="gravity", positional="power_law",
                                            tagging=True)])
 def test_logits_have_exactly_zero_gradient_from_future_tokens(settings):
-  model = BANLM(**{**TINY, **settings})
+  model = _ban(**settings)
   tokens = _tokens(0)
   params = _params(model, tokens)
   jac = _future_gradients(model, params, tokens)
@@ -66,7 +73,7 @@ def test_logits_have_exactly_zero_gradient_from_future_tokens(settings):
 
 
 def test_packed_documents_do_not_see_each_other():
-  model = BANLM(**TINY, tie_embeddings=False)
+  model = _ban(tie_embeddings=False)
   tokens = _tokens(1)
   segment_ids = np.array([[1] * 6 + [2] * 10] * 2, np.int32)
   positions = np.array([list(range(6)) + list(range(10))] * 2, np.int32)
@@ -80,7 +87,7 @@ def test_packed_documents_do_not_see_each_other():
 
 @pytest.mark.parametrize("remat", [False, True])
 def test_interface_shapes_diagnostics_and_losses(remat):
-  model = BANLM(**TINY, remat=remat)
+  model = _ban(remat=remat)
   tokens = _tokens(2)
   segment_ids = np.ones_like(tokens)
   segment_ids[1, 12:] = 0                                   # padding at the end of row 1
@@ -108,18 +115,18 @@ def test_interface_shapes_diagnostics_and_losses(remat):
 
 
 def test_param_count_matches_the_formula():
-  model = BANLM(**dict(TINY, num_kv_heads=1, branch_width=24))
+  model = _ban(num_kv_heads=1, branch_width=24)
   v, d, n, b, hd = 64, 32, 3, 24, 16
   attention = d * 2 * hd + 2 * d * 1 * hd + 2 * hd * d
   branched = n * d * b + n * b + b + n + 2 * b * b + b * d
   assert param_count(model) == v * d + 2 * (attention + 2 * d + branched) + d
-  untied = BANLM(**dict(TINY, num_kv_heads=1, branch_width=24, tie_embeddings=False))
+  untied = _ban(num_kv_heads=1, branch_width=24, tie_embeddings=False)
   assert param_count(untied) == param_count(model) + d * v
 
 
 def test_bfloat16_dropout_and_untied_embeddings():
   tokens = _tokens(3)
-  model = BANLM(**TINY, dtype="bfloat16", dropout_rate=0.5, tie_embeddings=False)
+  model = _ban(dtype="bfloat16", dropout_rate=0.5, tie_embeddings=False)
   params = _params(model, tokens)
   det, drop = jax.jit(lambda p: (
       model.apply({"params": p}, tokens),
@@ -129,12 +136,18 @@ def test_bfloat16_dropout_and_untied_embeddings():
   assert np.abs(np.asarray(drop) - np.asarray(det)).max() > 0
 
 
-@pytest.mark.parametrize("bad", [dict(width=33), dict(num_kv_heads=3), dict(depth=0),
+@pytest.mark.parametrize("bad", [dict(d_model=33), dict(num_kv_heads=3), dict(num_layers=0),
                                  dict(dropout_rate=1.0), dict(alpha=2.0), dict(cap=0.0),
-                                 dict(routing="soft")])
-def test_bad_config_raises_user_error(bad):
-  with pytest.raises(UserError):
-    jax.eval_shape(lambda: BANLM(**{**TINY, **bad}).init(jax.random.key(0), _tokens(0)))
+                                 dict(routing="soft"), dict(dtype="int8")])
+def test_bad_config_raises_value_error_naming_the_field(bad):
+  (field,) = bad
+  with pytest.raises(ValueError, match=f"model.{field}"):
+    _ban(**bad)
+
+
+def test_bad_vocab_size_raises_value_error():
+  with pytest.raises(ValueError, match="vocab_size"):
+    jax.eval_shape(lambda: BANLM(vocab_size=0).init(jax.random.key(0), _tokens(0)))
 
 
 @pytest.mark.parametrize("implicit_grad", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -142,7 +155,7 @@ def test_loss_falls_when_training_on_text(implicit_grad):
   text = (b"Information gravity: dense regions pull on the systems around them. " * 8)[:2 * 65]
   data = np.frombuffer(text, np.uint8).astype(np.int32).reshape(2, 65) % 64
   inputs, targets = data[:, :-1], data[:, 1:]
-  model = BANLM(**TINY, implicit_grad=implicit_grad)
+  model = _ban(implicit_grad=implicit_grad)
   params = _params(model, inputs)
   optimizer = optax.adam(1e-2)
 
@@ -166,14 +179,14 @@ def test_loss_falls_when_training_on_text(implicit_grad):
   assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_from_config():
+def test_from_a_config_dict():
   ml_collections = pytest.importorskip("ml_collections")
   cfg = ml_collections.ConfigDict(dict(
       name="ban", d_model=32, num_layers=2, num_heads=2, num_branches=3, attractor_steps=3,
       attention="gravity", positional="power_law", tagging=True, dtype="float32",
       attention_options=dict(eps=0.2)))
-  model = from_config(cfg, vocab_size=64)
-  assert (model.width, model.depth, model.attention_options) == (32, 2, {"eps": 0.2})
+  model = BANLM(vocab_size=64, config=make_config(cfg))
+  assert (model.config.width, model.config.depth, model.config.attention.eps) == (32, 2, 0.2)
   tokens = _tokens(4)
   params = _params(model, tokens)
   logits, state = jax.jit(lambda p: model.apply({"params": p}, tokens,
@@ -181,5 +194,5 @@ def test_from_config():
   assert logits.shape == (2, 16, 64) and np.all(np.isfinite(np.asarray(logits)))
   assert "gravity_mass_mean" in state["diagnostics"]["layer_0"]["attention"]
   cfg.mlp_dim = 128
-  with pytest.raises(UserError):
-    from_config(cfg, vocab_size=64)
+  with pytest.raises(ValueError, match="model.mlp_dim"):
+    make_config(cfg)

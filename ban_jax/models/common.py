@@ -1,0 +1,39 @@
+"""What the language models share: their dtype names and a parameter count."""
+
+import jax
+import jax.numpy as jnp
+
+from ban_jax.layers.validation import check_choice
+
+# What `config.model.dtype` may name (the activations' dtype; parameters stay float32).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def dtype_name(name: str, value) -> str:
+  """Checks a dtype (a name or a numpy/jax dtype) against DTYPES and returns its name.
+
+  The configs keep the name, not the dtype object, so they compare and print as the config
+  block does.
+  """
+  try:
+    value = jnp.dtype(value).name
+  except TypeError as e:
+    raise ValueError(f"{name}={value!r} is not one of {DTYPES}.") from e
+  check_choice(name, value, DTYPES)
+  return value
+
+
+def param_count(model, length: int = 8) -> int:
+  """Counts a model's parameters without allocating them (through `jax.eval_shape`).
+
+  Args:
+    model: a language model following the ban_jax model interface (int32 tokens
+      [batch, length] in).
+    length: the dummy sequence length used to trace the model.
+
+  Returns:
+    The number of scalar parameters.
+  """
+  tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+  shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
+  return sum(int(x.size) for x in jax.tree.leaves(shapes))
