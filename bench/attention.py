@@ -1,12 +1,12 @@
 """Time and peak memory of gravity attention implementations against dot-product attention.
 
     python bench/attention.py                       # CPU preset: f32, B=1, 8 heads x 64, 512..16k
-    python bench/attention.py --preset=gpu          # issue 4: bf16, 16 heads x 128, B*T = 32k,
+    python bench/attention.py --preset=gpu          # GPU table: bf16, 16 heads x 128, B*T = 32k,
                                                     # 2k..64k, cuDNN + reference + xla + pallas
     python bench/attention.py --impls=xla,pallas --lengths=4096,8192
 
 Columns (`--impls`): `reference` (gravity, materialised scores), `xla` (gravity, blockwise
-custom_vjp), `pallas` (gravity, issue 4's kernel, when `ban_jax.ops.gravity_pallas` exists),
+custom_vjp), `pallas` (gravity, the fused kernels of `ban_jax.ops.gravity.pallas`),
 `dot` (`jax.nn.dot_product_attention(implementation="xla")`, materialised dot-product; also what
 `implementation=None` gives in JAX 0.11) and `cudnn` (`jax.nn.dot_product_attention(
 implementation="cudnn")`, flash dot-product on NVIDIA GPUs, bf16/fp16 only).
@@ -28,11 +28,11 @@ that failed for memory at a shorter length are only compiled and reported as "oo
 with XLA's plan (CPU), or skipped (GPU, where compiling alone autotunes into the same OOM).
 
 TFLOP/s use the causal count 4*B*H*T^2*D/2 for the forward and 3.5 times that for
-forward+backward (the convention of issue 4).
+forward+backward (the convention of the FlashAttention benchmarks).
 
 Results: a printed table and JSON under bench/results/attention_<backend>.json, rewritten
 (atomically) after every configuration. A lent GPU's command runs at most 10 minutes, less than
-the whole issue-4 table takes, so the table is filled in parts by one command repeated:
+the whole GPU table takes, so the table is filled in parts by one command repeated:
 
     python bench/attention.py --preset=gpu --deadline_s=540 --resume --out=R.json
 
@@ -106,8 +106,8 @@ def worker(cfg, result):
       return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=backend_impl)
   else:
     if impl == "pallas":
-      if importlib.util.find_spec("ban_jax.ops.gravity_pallas") is None:
-        result.update(status="unavailable", note="ban_jax.ops.gravity_pallas not found")
+      if importlib.util.find_spec("ban_jax.ops.gravity.pallas") is None:
+        result.update(status="unavailable", note="ban_jax.ops.gravity.pallas not found")
         return result
 
     def attend(q, k, v):

@@ -1,4 +1,4 @@
-"""Issue 4 on one GPU, in one process: correctness of the Pallas kernel, then its speed beside
+"""The fused Pallas kernel on one GPU, in one process: its correctness, then its speed beside
 cuDNN, the naive (materialised) gravity and the XLA blockwise gravity.
 
     python bench/attention_pallas.py --out=bench/results/attention_gpu_h100.json
@@ -38,7 +38,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ban_jax.ops import gravity as G  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ban_jax.ops import gravity_pallas as GP  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ban_jax.ops.gravity import pallas as GP  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 T0 = time.time()
 SMOKE = False      # --smoke: tiny shapes, CPU interpret mode (tests this script only)
@@ -100,7 +100,7 @@ def problem(seed, b, t, h, kvh, d, features):
   return p, kw
 
 
-def loss_and_grads(p, kw, impl, dtype, score="gravity"):
+def loss_and_grads(p, kw, impl, dtype, score="gravity", options=None):
   names = [n for n in ("q", "k", "v", "mass", "key_mass", "pl_p", "pl_a") if n in p]
 
   def loss(*args):
@@ -109,7 +109,7 @@ def loss_and_grads(p, kw, impl, dtype, score="gravity"):
         a["q"], a["k"], a["v"], a["mass"], causal=True, score=score,
         key_mass=a.get("key_mass"),
         power_law=(a["pl_p"], a["pl_a"]) if "pl_p" in a else None,
-        implementation=impl, **kw)
+        implementation=impl, pallas_options=options, **kw)
     return jnp.sum(out.astype(a["mass"].dtype) * p["ct"].astype(a["mass"].dtype))
   fdt = jnp.float64 if dtype == jnp.float64 else jnp.float32
   args = [jnp.asarray(p[n], dtype if n in ("q", "k", "v") else fdt) for n in names]
@@ -129,14 +129,14 @@ def check(opts_name, opts, record):
     if SMOKE:
       t, h, kvh, d = min(t, 40), min(h, 4), min(kvh, 2), min(d, 32)
     if dtype == jnp.float32:
-      GP.set_default_options(GP.default_options(dtype=dtype, head_dim=d)._replace(
-          approx_recip=opts.approx_recip, interpret=opts.interpret))
+      case_opts = GP.default_options(dtype=dtype, head_dim=d)._replace(
+          approx_recip=opts.approx_recip, interpret=opts.interpret)
     else:
-      GP.set_default_options(opts)
+      case_opts = opts
     p, kw = problem(zlib.crc32(name.encode()) % 1000, b, t, h, kvh, d, features)
     t0 = time.time()
     try:
-      names, val, grads = loss_and_grads(p, kw, "pallas", dtype)
+      names, val, grads = loss_and_grads(p, kw, "pallas", dtype, options=case_opts)
       jax.block_until_ready(grads)
     except Exception as e:  # pylint: disable=broad-except
       log(f"check {opts_name} {name}: FAILED to run: {type(e).__name__}: {str(e)[:600]}")
@@ -167,7 +167,7 @@ def causal_flops(b, h, t, d, mode):
   return fwd if mode == "fwd" else 3.5 * fwd
 
 
-def time_one(impl, mode, t, b, h=16, d=128, repeats=10, budget_s=1.5):
+def time_one(impl, mode, t, b, h=16, d=128, repeats=10, budget_s=1.5, options=None):
   keys = jax.random.split(jax.random.key(t), 4)
   q = (0.3 * jax.random.normal(keys[0], (b, t, h, d))).astype(jnp.bfloat16)
   k = (0.3 * jax.random.normal(keys[1], (b, t, h, d))).astype(jnp.bfloat16)
@@ -179,7 +179,8 @@ def time_one(impl, mode, t, b, h=16, d=128, repeats=10, budget_s=1.5):
       return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
   else:
     def attend(q, k, v):
-      return G.gravity_attention(q, k, v, mass, causal=True, implementation=impl)
+      return G.gravity_attention(q, k, v, mass, causal=True, implementation=impl,
+                                 pallas_options=options)
   if mode == "fwd":
     fn = jax.jit(attend)
   else:
@@ -260,7 +261,7 @@ def main():
     log("no Pallas configuration passed: timing cuDNN and XLA only")
   if args.check_only:
     return
-  GP.set_default_options(None if chosen is None else chosen[1])
+  pallas_options = None if chosen is None else chosen[1]
   if args.wait_file:
     t_wait = time.time()
     while not os.path.exists(args.wait_file) and time.time() - t_wait < args.wait_max_s:
@@ -291,7 +292,7 @@ def main():
       r = dict(status="skipped (deadline)")
     else:
       try:
-        r = time_one(impl, mode, t, b)
+        r = time_one(impl, mode, t, b, options=pallas_options)
       except Exception as e:  # pylint: disable=broad-except
         msg = f"{type(e).__name__}: {e}"
         oom = "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
@@ -309,19 +310,19 @@ def main():
     for name, overrides in VARIANTS:
       if time.time() - T0 > args.deadline_s:
         break
-      GP.set_default_options(chosen[1]._replace(**overrides))
+      variant = chosen[1]._replace(**overrides)
       try:
         vt = args.variant_length
         vb = max(1, args.tokens // vt)
-        r = dict(variant=name, length=vt, batch=vb, **time_one("pallas", "fwd", vt, vb),
-                 fwdbwd=time_one("pallas", "fwd+bwd", vt, vb))
+        r = dict(variant=name, length=vt, batch=vb,
+                 **time_one("pallas", "fwd", vt, vb, options=variant),
+                 fwdbwd=time_one("pallas", "fwd+bwd", vt, vb, options=variant))
       except Exception as e:  # pylint: disable=broad-except
         r = dict(variant=name, status="error", note=f"{type(e).__name__}: {str(e)[:800]}")
       rec["variants"].append(r)
       save()
       log(f"variant {name}: fwd {r.get('ms')} ms, fwd+bwd {r.get('fwdbwd', {}).get('ms')} ms "
           f"{r.get('note', '')[:200]}")
-    GP.set_default_options(chosen[1])
   save()
 
   print("\n| length | batch | impl | mode | status | ms | TFLOP/s | vs cuDNN | planned mem |")

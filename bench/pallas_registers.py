@@ -37,7 +37,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ban_jax.ops import gravity as G  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ban_jax.ops import gravity_pallas as GP  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ban_jax.ops.gravity import pallas as GP  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 KERNELS = ("gravity_fwd", "gravity_bwd_dkdv", "gravity_bwd_dq")
 _V1 = dict(block_q=128, block_k=64, num_warps=4, num_stages=3, block_q_dkv=64, block_k_dkv=128,
@@ -79,7 +79,6 @@ def capture_ttir(options, score, shape, dtype=jnp.bfloat16):
     captured.append(res.module.operation.get_asm(enable_debug_info=False))
     return res
   reg.lowering.lower_jaxpr_to_triton_module = spy
-  prev = GP.set_default_options(options)
   try:
     b, t, h, d = shape
     x = jax.ShapeDtypeStruct((b, t, h, d), dtype)
@@ -87,13 +86,12 @@ def capture_ttir(options, score, shape, dtype=jnp.bfloat16):
 
     def loss(q, k, v):
       out = G.gravity_attention(q, k, v, mass, causal=True, score=score,
-                                implementation="pallas")
+                                implementation="pallas", pallas_options=options)
       return jnp.sum(out.astype(jnp.float32))
     jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(x, x, x).lower(
         lowering_platforms=("cuda",))
   finally:
     reg.lowering.lower_jaxpr_to_triton_module = original
-    GP.set_default_options(prev)
   out = {}
   for text in captured:
     name = next(n for n in KERNELS if f"@{n}" in text)

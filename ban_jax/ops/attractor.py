@@ -1,4 +1,6 @@
-"""The attractor iteration and the influence gate of the Branched Attractor Network (seed 000 §4).
+"""The attractor iteration and the influence gate of the Branched Attractor Network.
+
+The Branched Attractor Network is the model of "Information Gravity".
 
 The attractor refines a state by the damped fixed-point map
 
@@ -8,7 +10,7 @@ for a fixed number of steps. sigma is `tanh`: it is 1-Lipschitz and bounded, so 
 `‖w‖₂ < 1` the map is a contraction (Lipschitz constant ≤ 1 - alpha + alpha·‖w‖₂ < 1), the fixed
 point z* = tanh(z* @ w + drive) is unique, and states stay in [-1, 1] whatever `w` becomes in
 training. `alpha` sets the rate of approach, not the fixed point. `w` acts on row vectors
-(`z @ w` is the seed's `W z` with W = wᵀ).
+(`z @ w` is "Information Gravity"'s `W z` with W = wᵀ).
 
 The influence is held constant during the iteration (it enters the drive `h + gamma * influence`).
 
@@ -27,8 +29,6 @@ from typing import Any
 import jax
 from jax import lax
 import jax.numpy as jnp
-
-from ban_jax.errors import UserError
 
 
 def safe_norm(x, axis=-1):
@@ -66,10 +66,12 @@ def _at_least_f32(x):
 
 
 def _check(alpha, steps):
-  if not isinstance(steps, int) or steps < 1:
-    raise UserError(f"attractor steps must be a positive integer, got {steps!r}; set steps >= 1.")
+  if not isinstance(steps, int):
+    raise TypeError(f"attractor steps must be a positive integer, got {steps!r}; set steps >= 1.")
+  if steps < 1:
+    raise ValueError(f"attractor steps must be a positive integer, got {steps!r}; set steps >= 1.")
   if isinstance(alpha, (int, float)) and not 0.0 < alpha <= 1.0:
-    raise UserError(f"attractor alpha must lie in (0, 1], got {alpha!r}; pick e.g. alpha=0.5.")
+    raise ValueError(f"attractor alpha must lie in (0, 1], got {alpha!r}; pick e.g. alpha=0.5.")
 
 
 def _forward(w, drive, z0, alpha, steps, unroll):
@@ -143,7 +145,7 @@ def iterate(z0, h, w, influence=None, *, alpha: float, steps: int, gamma: float 
 
 
 def influence_gate(signal, reference, *, threshold: float, cap: float):
-  """Threshold-gated, norm-capped peripheral influence (seed 000 §4.3).
+  """Threshold-gated, norm-capped peripheral influence (the gate of "Information Gravity").
 
   Per position, with r = ‖reference‖: if ‖signal‖ ≤ threshold·r the output is exactly zero (the
   gate is closed); otherwise it is `signal` rescaled, if needed, so that its norm is at most cap·r.
@@ -163,8 +165,8 @@ def influence_gate(signal, reference, *, threshold: float, cap: float):
   """
   if isinstance(threshold, (int, float)) and isinstance(cap, (int, float)):
     if not (cap > 0 and 0 <= threshold <= cap):
-      raise UserError(f"influence gate needs 0 <= threshold <= cap and cap > 0, got threshold="
-                      f"{threshold!r}, cap={cap!r}; e.g. threshold=0.02, cap=0.15.")
+      raise ValueError(f"influence gate needs 0 <= threshold <= cap and cap > 0, got threshold="
+                       f"{threshold!r}, cap={cap!r}; e.g. threshold=0.02, cap=0.15.")
   signal_norm = safe_norm(_at_least_f32(signal))
   reference_norm = safe_norm(_at_least_f32(reference))
   is_open = signal_norm > threshold * reference_norm

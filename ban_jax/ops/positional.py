@@ -3,7 +3,7 @@
 Two fields that depend only on the distance between a query and a key position, and that are
 added to the attention logits (RoPE, which rotates q and k instead, lives in `ban_jax.ops.rope`):
 
-- Power law (seed 003's "attention gravitational field"; KERPLE's logarithmic variant,
+- Power law (the attention gravitational field of "AGF"; KERPLE's logarithmic variant,
   Chi et al., 2022): bias = -p * log(1 + a * d). The attention weight is multiplied by
   (1 + a * d) ** -p, a power law in the distance d, as a gravitational potential falls with
   distance; p (the exponent) and a (the length scale) are positive and learnable per head.

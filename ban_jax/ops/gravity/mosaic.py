@@ -1,4 +1,4 @@
-"""Mosaic TPU lowering of the fused gravity-attention kernels (see `gravity_pallas`).
+"""Mosaic TPU lowering of the fused gravity-attention kernels (see `pallas`).
 
 Written for Pallas on Mosaic TPU and checked on the CPU in Pallas interpret mode only: it has
 not been compiled or run on a TPU.
@@ -21,7 +21,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 
-from ban_jax.ops import gravity_pallas as gp
+import ban_jax.ops.gravity.pallas_common as pc
 
 LANES = 128
 SUBLANES = 8
@@ -40,7 +40,7 @@ def _sublanes(x):
 
 
 def _par(hp_ref, head):
-  return {name: hp_ref[head, i] for i, name in enumerate(gp._PARAMS)}  # pylint: disable=protected-access
+  return {name: hp_ref[head, i] for i, name in enumerate(pc.PARAMS)}
 
 
 def _k_bounds(st, qlim, bq, bk, nk_valid):
@@ -105,45 +105,32 @@ def _common(st, params, side, hp):
 
 def _block_scores(st, refs, q, k, head, masked, q_first, k_first, k_padded):
   """Logits (base 2), parts, visibility and the inputs the gradient terms need."""
-  s = gp._dot(q, k, trans_b=True)  # pylint: disable=protected-access
+  s = pc.dot(q, k, trans_b=True)
   qf = q.astype(jnp.float32)
   qn = jnp.sum(qf * qf, axis=1, keepdims=True)
   kn = refs["kn"][...][0:1, :]
   kt = refs["kt"][...][0:1, :] if st.has_kt else None
   dist = None
   if "q_pos" in refs:
-    dist = gp._dist(refs["q_pos"][...][:, 0:1], refs["k_pos"][...][0:1, :])  # pylint: disable=protected-access
+    dist = pc.distance(refs["q_pos"][...][:, 0:1], refs["k_pos"][...][0:1, :])
   par = _par(refs["hp"], head)
-  z, parts = gp._logits(st, s, qn, kn, kt, dist, par)  # pylint: disable=protected-access
+  z, parts = pc.logits(st, s, qn, kn, kt, dist, par)
   vis = None
   if masked:
     bk = k.shape[0]
     k_idx = k_first + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
     qseg = refs["q_seg"][...][:, 0:1] if st.has_seg else None
     kseg = refs["k_seg"][...][0:1, :] if st.has_seg else None
-    vis = gp._visible(st, k_idx, refs["qlim"][...][:, 0:1], qseg, kseg, k_padded)  # pylint: disable=protected-access
+    vis = pc.visible(st, k_idx, refs["qlim"][...][:, 0:1], qseg, kseg, k_padded)
   del q_first
   return s, z, parts, vis, kt, dist, par
-
-
-class _Specs:
-  """Collects (name, array, BlockSpec) triples, skipping absent (None) arrays."""
-
-  def __init__(self):
-    self.names, self.arrays, self.specs = [], [], []
-
-  def add(self, name, x, spec):
-    if x is not None:
-      self.names.append(name)
-      self.arrays.append(x)
-      self.specs.append(spec)
 
 
 # ----------------------------------------------------------------------------------------------
 # Forward.
 
 
-def tpu_forward(st, params, side, hp):
+def forward(st, params, side, hp):
   """Returns (out [b, tq, h, dv], lse [b, h, tq, 128] float32, base 2)."""
   c = _common(st, params, side, hp)
   qT, kT, vT = c["qT"], c["kT"], c["vT"]
@@ -157,7 +144,7 @@ def tpu_forward(st, params, side, hp):
   def kblk(b, i, j, n_end_ref):
     return jnp.minimum(j, jnp.maximum(n_end_ref[b * nq + i] - 1, 0))
 
-  sp = _Specs()
+  sp = pc.Specs()
   sp.add("q", qT, pl.BlockSpec((None, None, bq, d), lambda b, h, i, j, *_: (b, h, i, 0)))
   kmap = lambda b, h, i, j, nf, ne: (b, lax.div(h, group), kblk(b, i, j, ne), 0)
   sp.add("k", kT, pl.BlockSpec((None, None, bk, d), kmap))
@@ -196,7 +183,7 @@ def _fwd_kernel(n_full_ref, n_end_ref, *refs, st, names, nq, nk):
 
   @pl.when(j == 0)
   def _():
-    m_scr[...] = jnp.full(m_scr.shape, gp.MASK_VALUE, jnp.float32)
+    m_scr[...] = jnp.full(m_scr.shape, pc.MASK_VALUE, jnp.float32)
     l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
     acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
 
@@ -208,7 +195,7 @@ def _fwd_kernel(n_full_ref, n_end_ref, *refs, st, names, nq, nk):
     _, z, _, vis, _, _, _ = _block_scores(st, r, q, k, h, masked, i * st.bq, j * bk,
                                           st.k_len % bk != 0)
     if vis is not None:
-      z = jnp.where(vis, z, gp.MASK_VALUE)
+      z = jnp.where(vis, z, pc.MASK_VALUE)
     m_prev = m_scr[...][:, 0:1]
     l_prev = l_scr[...][:, 0:1]
     m_new = jnp.maximum(m_prev, jnp.max(z, axis=1, keepdims=True))
@@ -217,7 +204,7 @@ def _fwd_kernel(n_full_ref, n_end_ref, *refs, st, names, nq, nk):
       p = jnp.where(vis, p, 0.0)
     alpha = jnp.exp2(m_prev - m_new)
     l_new = alpha * l_prev + jnp.sum(p, axis=1, keepdims=True)
-    acc_scr[...] = alpha * acc_scr[...] + gp._dot(p.astype(v.dtype), v)  # pylint: disable=protected-access
+    acc_scr[...] = alpha * acc_scr[...] + pc.dot(p.astype(v.dtype), v)
     m_scr[...] = jnp.broadcast_to(m_new, m_scr.shape)
     l_scr[...] = jnp.broadcast_to(l_new, l_scr.shape)
 
@@ -238,7 +225,7 @@ def _fwd_kernel(n_full_ref, n_end_ref, *refs, st, names, nq, nk):
 # Backward.
 
 
-def tpu_backward(st, params, side, hp, lse, delta, d_out):
+def backward(st, params, side, hp, lse, delta, d_out):
   """Returns (dq, dk, dv, d key_term [b, tk] or None, [4 x [h]] per-head parameter grads)."""
   c = _common(st, params, side, hp)
   qT, kT, vT = c["qT"], c["kT"], c["vT"]
@@ -257,7 +244,7 @@ def tpu_backward(st, params, side, hp, lse, delta, d_out):
   def qblk(b, j, i, i_start_ref):
     return jnp.minimum(jnp.maximum(i, i_start_ref[b * nk + j]), nq_valid - 1)
 
-  sp = _Specs()
+  sp = pc.Specs()
   qmap = lambda b, c_, j, g, i, s0, s1: (b, c_ * group + g, qblk(b, j, i, s0), 0)
   sp.add("q", qT, pl.BlockSpec((None, None, bq, d), qmap))
   sp.add("do", doT, pl.BlockSpec((None, None, bq, dv), qmap))
@@ -305,7 +292,7 @@ def tpu_backward(st, params, side, hp, lse, delta, d_out):
   def kblk(b, i, j, n_end_ref):
     return jnp.minimum(j, jnp.maximum(n_end_ref[b * nq + i] - 1, 0))
 
-  sp = _Specs()
+  sp = pc.Specs()
   qmap = lambda b, h, i, j, *_: (b, h, i, 0)
   sp.add("q", qT, pl.BlockSpec((None, None, bq, d), qmap))
   sp.add("do", doT, pl.BlockSpec((None, None, bq, dv), qmap))
@@ -323,7 +310,7 @@ def tpu_backward(st, params, side, hp, lse, delta, d_out):
     sp.add(name, c[name], pl.BlockSpec((None, SUBLANES, bk),
                                        lambda b, h, i, j, nf, ne: (b, 0, kblk(b, i, j, ne))))
   sp.add("hp", c["hp"], _smem_spec())
-  want = gp._small_grads(st)  # pylint: disable=protected-access
+  want = pc.small_grads(st)
   out_shape = [jax.ShapeDtypeStruct(qT.shape, qT.dtype)]
   out_specs = [pl.BlockSpec((None, None, bq, d), qmap)]
   for _ in want:
@@ -341,7 +328,7 @@ def tpu_backward(st, params, side, hp, lse, delta, d_out):
       name="gravity_bwd_dq_tpu")(n_full, n_end, *sp.arrays)
   dq = res[0].transpose(0, 2, 1, 3)
   sums = [jnp.sum(x[..., 0], axis=(0, 2)) for x in res[1:]]
-  dpar = gp._collect_params(st, want, sums, heads)  # pylint: disable=protected-access
+  dpar = pc.collect_params(want, sums, heads)
   return dq, dk, dv_, dkt, dpar
 
 
@@ -373,17 +360,17 @@ def _dkdv_kernel(i_start_ref, i_full_ref, *refs, st, names, nq, nk, nq_valid):
     p = jnp.exp2(z - r["lse"][...][:, 0:1])
     if vis is not None:
       p = jnp.where(vis, p, 0.0)
-    dv_scr[...] += gp._dot(p.astype(do.dtype), do, trans_a=True)  # pylint: disable=protected-access
-    dp = gp._dot(do, v, trans_b=True)  # pylint: disable=protected-access
+    dv_scr[...] += pc.dot(p.astype(do.dtype), do, trans_a=True)
+    dp = pc.dot(do, v, trans_b=True)
     dz = p * (dp - r["delta"][...][:, 0:1])
-    terms = gp._grad_terms(st, dz, s, parts, kt, dist, par, want)  # pylint: disable=protected-access
+    terms = pc.grad_terms(st, dz, s, parts, kt, dist, par, want)
     if st.score == "dot":
-      dk_scr[...] += gp._dot(terms["ds"].astype(q.dtype), q, trans_a=True)  # pylint: disable=protected-access
+      dk_scr[...] += pc.dot(terms["ds"].astype(q.dtype), q, trans_a=True)
     else:
       gd = terms["g"].astype(q.dtype)
       col = jnp.sum(gd.astype(jnp.float32), axis=0, keepdims=True)
       col_scr[...] += jnp.broadcast_to(col, col_scr.shape)
-      dk_scr[...] += gp._dot(gd, q, trans_a=True)  # pylint: disable=protected-access
+      dk_scr[...] += pc.dot(gd, q, trans_a=True)
     if st.has_kt:
       dkt_scr[...] += jnp.broadcast_to(jnp.sum(terms["kt"], axis=0, keepdims=True),
                                        dkt_scr.shape)
@@ -431,16 +418,16 @@ def _dq_kernel(n_full_ref, n_end_ref, *refs, st, names, want, nq, nk):
     p = jnp.exp2(z - r["lse"][...][:, 0:1])
     if vis is not None:
       p = jnp.where(vis, p, 0.0)
-    dp = gp._dot(do, v, trans_b=True)  # pylint: disable=protected-access
+    dp = pc.dot(do, v, trans_b=True)
     dz = p * (dp - r["delta"][...][:, 0:1])
-    terms = gp._grad_terms(st, dz, s, parts, kt, dist, par, want)  # pylint: disable=protected-access
+    terms = pc.grad_terms(st, dz, s, parts, kt, dist, par, want)
     if st.score == "dot":
-      gk_scr[...] += gp._dot(terms["ds"].astype(k.dtype), k)  # pylint: disable=protected-access
+      gk_scr[...] += pc.dot(terms["ds"].astype(k.dtype), k)
     else:
       gd = terms["g"].astype(k.dtype)
       row = jnp.sum(gd.astype(jnp.float32), axis=1, keepdims=True)
       row_scr[...] += jnp.broadcast_to(row, row_scr.shape)
-      gk_scr[...] += gp._dot(gd, k)  # pylint: disable=protected-access
+      gk_scr[...] += pc.dot(gd, k)
     for ref, name in zip(sum_scrs, want):
       ref[...] += jnp.broadcast_to(jnp.sum(terms[name], axis=1, keepdims=True), ref.shape)
 

@@ -1,8 +1,8 @@
-"""Tests for ban_jax/ops/gravity_pallas.py (and _pallas_tpu.py) in Pallas interpret mode.
+"""Tests for ban_jax/ops/gravity/pallas.py (triton.py and mosaic.py) in Pallas interpret mode.
 
 Both lowerings (the Triton-shaped GPU kernels and the Mosaic-TPU-shaped kernels) run on the CPU
 through `interpret=True` and are compared, forward and every gradient, with the float64
-reference of `gravity.py` on fresh random inputs. Tiles are made small (16/32 rows for the GPU
+reference of `xla.py` on fresh random inputs. Tiles are made small (16/32 rows for the GPU
 kernels, 128 for the TPU kernels, their smallest) so that every path runs at tiny lengths:
 several key and query blocks, fully visible blocks without a mask, diagonal blocks with one,
 blocks skipped by causality, and padded blocks from lengths that are not multiples of a block.
@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ban_jax.errors import UserError
 from ban_jax.ops import gravity as G
-from ban_jax.ops import gravity_pallas as GP
+from ban_jax.ops.gravity import canonical
+from ban_jax.ops.gravity import pallas as GP
 
 # Triton-shaped kernels with small tiles; both backward kernels use other tiles than the forward.
 GPU_SMALL = GP.Options(backend="triton", interpret=True, block_q=16, block_k=32, block_q_dkv=32,
@@ -72,7 +72,7 @@ def attend(prob, args, impl, options, *, score, features, causal=True, q_offset=
     kw["alibi_slopes"] = a["alibi"]
   mass = None if score == "inverse_square" else a["mass"]
   if impl == "pallas" and options is not None:
-    cfg, diff, aux = G._prepare(a["query"], a["key"], a["value"], mass, **kw)  # pylint: disable=protected-access
+    cfg, diff, aux = canonical.prepare(a["query"], a["key"], a["value"], mass, **kw)
     return GP.gravity_attention_pallas(cfg, diff, aux, options=options)
   del k_len
   return G.gravity_attention(a["query"], a["key"], a["value"], mass, implementation=impl, **kw)
@@ -173,10 +173,19 @@ def test_materialised_bias_falls_back_to_xla():
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
-def test_bad_options_raise_user_error():
+def test_materialised_bias_is_refused_by_the_kernel_entry():
+  prob = make_problem(6, q_len=20)
+  q, k, v = (jnp.asarray(prob[n], jnp.float32) for n in ("query", "key", "value"))
+  cfg, diff, aux = canonical.prepare(q, k, v, jnp.asarray(prob["mass"], jnp.float32),
+                                     bias=jnp.zeros((1, 4, 20, 20)))
+  with pytest.raises(ValueError, match="implementation='xla'"):
+    GP.gravity_attention_pallas(cfg, diff, aux, options=GPU_SMALL)
+
+
+def test_bad_options_raise_value_error():
   prob = make_problem(7, q_len=8)
   args = [jnp.asarray(prob[n], jnp.float32) for n in DIFF_ARGS]
-  with pytest.raises(UserError, match="backend"):
+  with pytest.raises(ValueError, match="backend"):
     attend(prob, args, "pallas", GPU_SMALL._replace(backend="cuda"), score="gravity",
            features=())
 
@@ -187,7 +196,7 @@ def test_a_jax_without_pallas_triton_gets_one_clear_error(monkeypatch):
   monkeypatch.delattr(jax.experimental.pallas, "triton", raising=False)
   prob = make_problem(8, q_len=8)
   args = [jnp.asarray(prob[n], jnp.float32) for n in DIFF_ARGS]
-  with pytest.raises(UserError, match="no Pallas Triton backend.*implementation='xla'"):
+  with pytest.raises(ImportError, match="no Pallas Triton backend.*implementation='xla'"):
     attend(prob, args, "pallas", GPU_SMALL, score="gravity", features=())
 
 
@@ -205,15 +214,11 @@ def lower_for(platform, options, dtype, score):
     out = G.gravity_attention(q, k, v, None if score == "inverse_square" else mass,
                               score=score, causal=True, segment_ids=seg, positions=pos,
                               key_mass=key_mass, power_law=(power, scale),
-                              implementation="pallas")
+                              implementation="pallas", pallas_options=options)
     return jnp.sum(out.astype(jnp.float32))
-  prev = GP.set_default_options(options)
-  try:
-    fn = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7))))
-    return fn.trace(q, kv, kv, per_head, jax.ShapeDtypeStruct((b, t), jnp.float32), per_head,
-                    per_head).lower(lowering_platforms=(platform,)).as_text()
-  finally:
-    GP.set_default_options(prev)
+  fn = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7))))
+  return fn.trace(q, kv, kv, per_head, jax.ShapeDtypeStruct((b, t), jnp.float32), per_head,
+                  per_head).lower(lowering_platforms=(platform,)).as_text()
 
 
 @pytest.mark.parametrize("score", ["gravity", "dot"])

@@ -1,0 +1,181 @@
+"""Gravity attention (the score of "Gravity-2") and its relatives, as pure functions.
+
+Scores, for query i and key j of head h (M_h the per-head mass, m_j the per-key mass from
+context tagging, b_h(i, j) the additive positional field, d²_ij = ‖q_i − k_j‖²):
+
+| score            | logit z_ij                              | weights softmax_j(z)              |
+|------------------|-----------------------------------------|-----------------------------------|
+| "gravity"        | M_h² m_j / (d²_ij + ε) + b              | Gravity-2 exactly (m = 1, b = 0)  |
+| "inverse_square" | log M_h² + log m_j − log(d²_ij + ε) + b | ∝ m_j e^b / (d² + ε): a 1/r² law  |
+| "dot"            | M_h² q_i·k_j / √head_dim + log m_j + b  | plain attention when M = m = 1    |
+
+What the masses do:
+- `mass` M is an inverse temperature for "gravity" (it scales the potential 1/(d²+ε)) and for
+  "dot" (M² multiplies the scaled dot product; `mass=None` means 1, the plain baseline).
+  For "inverse_square", log M² is the same for every key of a row and cancels in the softmax:
+  the output does not depend on M at all and its gradient is exactly zero. The implementation
+  therefore drops the term (`mass` may be None there).
+- `key_mass` m_j (> 0) multiplies the gravity logit (Newton: F ∝ M·m_j / r²); for the
+  log-domain scores it adds log m_j, so the weights are multiplied by m_j.
+
+Distances are computed as ‖q‖² + ‖k‖² − 2 q·k with the norms taken from the exact operands of
+the q·k product, accumulated in float32 (bf16 inputs included; explicit HIGHEST precision for
+float32 matmuls), and clamped at 0.
+
+Masking: key j is visible to query i when (causal) j ≤ i + q_offset, the two share a segment id
+that is not 0 (0 = padding), and the optional boolean `mask` allows it. A query that sees no key
+returns zeros, with finite (zero) gradients.
+
+Implementations (`implementation=`), one module each:
+- "reference" (`xla.reference`): materialises the [batch, heads, q_len, k_len] scores; autodiff
+  for gradients. Run it under `jax.enable_x64(True)` on float64 inputs as the oracle of the tests.
+- "xla" (`xla.blockwise`): blockwise over query and key blocks with an online softmax
+  (`lax.map` / `fori_loop`), whole causal blocks above the diagonal skipped, and a `custom_vjp`
+  whose backward recomputes each block, so memory is O(length × block), not O(length²). Works on
+  every backend.
+- "pallas" (`pallas.gravity_attention_pallas`): the fused GPU (Triton) / TPU (Mosaic) kernels;
+  tiles and lowering from `pallas_options` (`pallas.Options`). Calls with a materialised `bias`
+  or `mask` run "xla" instead.
+- "auto": the best available; "xla" for now (see `_auto_implementation`).
+
+Module layout (imports run one way): this package → {xla, pallas} → {triton, mosaic} →
+pallas_common → canonical (argument validation and the canonical form all of them take).
+
+Positional fields are passed as parameters (`power_law`, `alibi_slopes`) and evaluated per
+block from `positions`; a materialised `bias` (and `mask`) is accepted as the generic fallback,
+at O(q_len × k_len) memory.
+
+Limits: "xla" has a custom_vjp, so it supports reverse mode (grad, vjp) but not forward mode
+(jvp, jacfwd) or second derivatives; use "reference" for those. `eps`, `causal`, `score` and
+the block sizes are static (Python values).
+"""
+
+from ban_jax.ops.gravity import canonical
+from ban_jax.ops.gravity import xla
+from ban_jax.ops.gravity.canonical import Config
+from ban_jax.ops.gravity.canonical import DEFAULT_BLOCK_K
+from ban_jax.ops.gravity.canonical import DEFAULT_BLOCK_Q
+from ban_jax.ops.gravity.canonical import IMPLEMENTATIONS
+from ban_jax.ops.gravity.canonical import SCORES
+from ban_jax.ops.gravity.canonical import softplus_inverse
+
+__all__ = ["Config", "DEFAULT_BLOCK_K", "DEFAULT_BLOCK_Q", "IMPLEMENTATIONS", "SCORES",
+           "gravity_attention", "gravity_attention_decode", "softplus_inverse"]
+
+
+def gravity_attention(query, key, value, mass=None, *, eps: float = 0.1, causal: bool = True,
+                      segment_ids=None, positions=None, key_mass=None, bias=None, mask=None,
+                      power_law=None, alibi_slopes=None, q_offset=None, score: str = "gravity",
+                      implementation: str = "auto", block_q: int = DEFAULT_BLOCK_Q,
+                      block_k: int = DEFAULT_BLOCK_K, pallas_options=None):
+  """Attention with the gravity score (or its relatives), exact and memory-efficient.
+
+  Args:
+    query: float [batch, q_len, heads, head_dim].
+    key: float [batch, k_len, kv_heads, head_dim]; `kv_heads` divides `heads` (GQA: query head
+      h reads key/value head h // (heads // kv_heads), without materialising the repeat).
+    value: float [batch, k_len, kv_heads, v_dim].
+    mass: positive float [heads], the per-query-head mass M (see the module docstring); None
+      means 1 and is only allowed for "dot" and "inverse_square".
+    eps: softening ε > 0 of the distance (gravity, inverse_square).
+    causal: mask keys after the query (by index, shifted by `q_offset`).
+    segment_ids: int [batch, length] when q_len == k_len, or a pair (q_segment_ids [batch,
+      q_len], k_segment_ids [batch, k_len]); different ids do not attend, 0 is padding.
+    positions: int [batch, length] or a pair (q_positions, k_positions), used by the positional
+      fields only; default: q positions arange(q_len) + q_offset, k positions arange(k_len).
+    key_mass: positive float [batch, k_len], the per-key mass m_j (context tagging).
+    bias: float broadcastable to [batch, heads, q_len, k_len], added to the logits
+      (materialised fallback; prefer `power_law` / `alibi_slopes`).
+    mask: bool broadcastable to [batch, heads, q_len, k_len]; True = may attend.
+    power_law: pair (p, a) of positive float [heads]: adds -p_h log(1 + a_h |pos_i - pos_j|).
+    alibi_slopes: float [heads]: adds -m_h |pos_i - pos_j|.
+    q_offset: int, or int [batch]: the key index of query 0 for the causal mask; default
+      k_len - q_len (the queries are the last q_len keys; 0 for self-attention).
+    score: "gravity", "inverse_square" or "dot".
+    implementation: "auto", "xla", "reference" or "pallas".
+    block_q: query block of the "xla" implementation.
+    block_k: key block of the "xla" implementation.
+    pallas_options: `ban_jax.ops.gravity.pallas.Options` (lowering and tiles) of the "pallas"
+      implementation; None takes its defaults for the platform, dtype and head_dim.
+
+  Returns:
+    [batch, q_len, heads, v_dim] in the promoted dtype of query, key and value.
+  """
+  cfg, diff, aux = canonical.prepare(
+      query, key, value, mass, eps=eps, causal=causal, segment_ids=segment_ids,
+      positions=positions, key_mass=key_mass, bias=bias, mask=mask, power_law=power_law,
+      alibi_slopes=alibi_slopes, q_offset=q_offset, score=score, block_q=block_q,
+      block_k=block_k)
+  impl = _auto_implementation() if implementation == "auto" else implementation
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} is unknown; use one of "
+                     f"{IMPLEMENTATIONS}.")
+  if impl == "reference":
+    return xla.reference(cfg, diff, aux)
+  # A materialised [b, h, tq, tk] bias or mask is not fused (it is O(T²) memory anyway).
+  if impl == "pallas" and diff["bias"] is None and aux["mask"] is None:
+    # Imported here so that a JAX without Pallas still runs the other implementations.
+    try:
+      from ban_jax.ops.gravity import pallas  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f"implementation='pallas' cannot import the Pallas kernels ({e}); use "
+                        "implementation='xla'.") from e
+    return pallas.gravity_attention_pallas(cfg, diff, aux, options=pallas_options)
+  return xla.blockwise(cfg, diff, aux)
+
+
+def gravity_attention_decode(query, key_cache, value_cache, mass=None, *, index, eps=0.1,
+                             segment_ids=None, positions=None, key_mass=None,
+                             power_law=None, alibi_slopes=None, score="gravity",
+                             implementation="auto", block_k=DEFAULT_BLOCK_K,
+                             pallas_options=None):
+  """Attention of new query positions against a key/value cache (generation).
+
+  The caller has already written the keys and values of the new positions into the caches at
+  slots index, ..., index + new - 1 (slots are positions in the sequence); slots after that
+  are ignored whatever they hold.
+
+  Args:
+    query: float [batch, new, heads, head_dim]; new is 1 for step-by-step decoding, more for a
+      prompt (prefill).
+    key_cache: float [batch, max_len, kv_heads, head_dim].
+    value_cache: float [batch, max_len, kv_heads, v_dim].
+    mass: as in `gravity_attention`.
+    index: int, int32 [] or int32 [batch]: the cache slot of the first new query.
+    eps: as in `gravity_attention`.
+    segment_ids: None or a pair (q_segment_ids [batch, new], cache_segment_ids [batch, max_len]).
+    positions: None (slot indices) or a pair (q_positions [batch, new], cache_positions
+      [batch, max_len]) for the positional fields.
+    key_mass: positive float [batch, max_len], the cached per-key masses.
+    power_law: as in `gravity_attention`.
+    alibi_slopes: as in `gravity_attention`.
+    score: as in `gravity_attention`.
+    implementation: as in `gravity_attention`.
+    block_k: key block of the "xla" implementation.
+    pallas_options: as in `gravity_attention`.
+
+  Returns:
+    [batch, new, heads, v_dim].
+  """
+  if segment_ids is not None and not isinstance(segment_ids, (tuple, list)):
+    raise TypeError("segment_ids for decoding must be a pair (query ids [batch, new], cache ids "
+                    "[batch, max_len]).")
+  if positions is not None and not isinstance(positions, (tuple, list)):
+    raise TypeError("positions for decoding must be a pair (query positions [batch, new], "
+                    "cache positions [batch, max_len]).")
+  return gravity_attention(query, key_cache, value_cache, mass, eps=eps, causal=True,
+                           segment_ids=segment_ids, positions=positions, key_mass=key_mass,
+                           power_law=power_law, alibi_slopes=alibi_slopes, q_offset=index,
+                           score=score, implementation=implementation,
+                           block_q=query.shape[1], block_k=block_k,
+                           pallas_options=pallas_options)
+
+
+def _auto_implementation() -> str:
+  """The implementation "auto" picks.
+
+  Once the Pallas kernels are validated on GPU and TPU, this returns "pallas" when
+  `jax.default_backend()` is "gpu" or "tpu" (and the kernels support the call). The XLA
+  blockwise path stays the CPU path and the fallback.
+  """
+  return "xla"
