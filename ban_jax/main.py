@@ -1,10 +1,12 @@
-r"""Trains a language model: `python -m ban_jax.main --config=configs/wiki.py:smoke --workdir=DIR`.
+r"""Trains a language model: `python -m ban_jax.main --config=configs/wiki.py`.
 
-Override any config field on the command line, e.g. `--config.train.steps=2000`. Rerunning with
-the same --workdir resumes from its newest checkpoint.
+Append `:PRESET` to the config file to choose a preset (`configs/wiki.py:smoke`), and override any
+field on the command line, e.g. `--config.train.steps=2000`. The run goes to `--workdir`, by
+default `runs/<preset>`; rerunning with the same workdir resumes from its newest checkpoint.
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -17,8 +19,9 @@ from ban_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and preset, e.g. configs/wiki.py:smoke.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and plots.")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Folder for checkpoints, metrics and plots (default: runs/<preset>).")
+flags.mark_flags_as_required(["config"])
 
 
 def _fail(message: str):
@@ -56,6 +59,17 @@ class _DropLibraryInfo(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _workdir(config) -> str:
+  """--workdir, else runs/<preset> under the current folder; logs which, and whether it resumes."""
+  workdir = _WORKDIR.value or os.path.join("runs", config.get("preset", "run"))
+  checkpoints = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(
+      checkpoints) else []
+  state = f"resuming from its checkpoint at step {steps[-1]}" if steps else "a new run"
+  logging.info("workdir %s: %s", os.path.abspath(workdir), state)
+  return workdir
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -63,7 +77,8 @@ def main(argv):
   # Imported here so that --help and flag errors answer without loading JAX.
   from ban_jax.training import train  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    train.train_and_evaluate(config, _workdir(config))
   except UserError as e:
     logging.flush()
     _fail(str(e))
