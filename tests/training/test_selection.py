@@ -167,3 +167,4 @@ def test_check_config_per_example_needs_dense_storage():
     selection.check_config(c)
   c.mode = "off"
   selection.check_config(c)            # an unused block is not checked
+
