@@ -57,7 +57,7 @@ def measure(preset: str) -> dict:
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
   for _ in range(_WARMUP.value):
     state, m = step(state, batch)
-  jax.block_until_ready(m)
+  jax.block_until_ready(state)
   times = []
   for _ in range(_STEPS.value):
     t0 = time.perf_counter()

@@ -64,7 +64,7 @@ def check_config(cfg: ml_collections.ConfigDict):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Strategy:
-  """The interface; this base is also "off": no selection state, no draws.
+  """What to train on next, and how to learn from the losses seen.
 
   Class attributes:
     draws: whether the strategy draws batches (through the queue) at all.
@@ -97,6 +97,11 @@ class Strategy:
       (selection, draw_index int32 [batch], draw_active bool [], metrics).
     """
     raise NotImplementedError(f"{type(self).__name__} draws no batches.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Off(Strategy):
+  """The data order alone: no selection state, no draws, the plain train step."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -133,8 +138,8 @@ class Wells(Strategy):
                      lambda w: w, wells)
     draw_index, draw_active = wells_lib.sample(wells, key, index.shape[0])
     summary = {k: v for k, v in wells_lib.summary(wells).items() if k != "histogram"}
-    return wells, draw_index, draw_active, {f"wells/{k}": v for k, v in {**metrics,
-                                                                         **summary}.items()}
+    metrics = {f"wells/{k}": v for k, v in {**metrics, **summary}.items()}
+    return wells, draw_index, draw_active, metrics
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -215,7 +220,7 @@ def from_config(cfg: ml_collections.ConfigDict, *, num_examples: int, steps_per_
                    inject_flags=load_inject_steps(cfg.inject_steps, total_steps))
   if cfg.mode == "loss_rank":
     return LossRank(num_examples=num_examples, pressure=cfg.rank_pressure)
-  return Strategy()
+  return Off()
 
 
 class SelectionLog:

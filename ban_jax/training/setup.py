@@ -153,7 +153,7 @@ class Plan:
 
 
 def build(config: ml_collections.ConfigDict, vocab_size: int, mesh, *, token_bytes,
-          strategy: selection.Strategy = selection.Strategy()) -> Plan:
+          strategy: selection.Strategy = selection.Off()) -> Plan:
   """Model, optimizer and sharded init for `config` on `mesh`, with `strategy`'s state."""
   model = models.get_model(config.model, vocab_size)
   total_steps = config.train.steps

@@ -140,7 +140,7 @@ def test_one_strategy_per_mode():
     c.wells.mode = mode
     kinds[mode] = type(selection.from_config(c.wells, num_examples=10, steps_per_epoch=2,
                                              total_steps=4))
-  assert kinds == {"off": selection.Strategy, "wells": selection.Wells,
+  assert kinds == {"off": selection.Off, "wells": selection.Wells,
                    "uniform": selection.Uniform, "loss_rank": selection.LossRank}
 
 
