@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ban_jax.training import setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import wiki  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -71,7 +72,7 @@ def arms(experiment: str):
 
 def flops_per_token(c, vocab_size: int) -> float:
   """XLA's FLOP count of one compiled train step, per token."""
-  plan = train.build(c, vocab_size, mesh_lib.make_mesh(c.mesh),
+  plan = setup.build(c, vocab_size, mesh_lib.make_mesh(c.mesh),
                      token_bytes=jnp.ones([vocab_size], jnp.float32))
   b, t = c.train.batch_size, c.data.seq_len
   batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32)

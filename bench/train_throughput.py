@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ban_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ban_jax.training import setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import wiki  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _PRESETS = flags.DEFINE_list("presets", ["smoke", "default"], "Presets of configs/wiki.py.")
@@ -36,7 +36,7 @@ VOCAB = 259
 
 def measure(preset: str) -> dict:
   c = wiki.get_config(preset)
-  plan = train.build(c, VOCAB, mesh_lib.make_mesh(c.mesh),
+  plan = setup.build(c, VOCAB, mesh_lib.make_mesh(c.mesh),
                      token_bytes=jnp.ones([VOCAB], jnp.float32))
   state = plan.init(jax.random.PRNGKey(0))
   step = plan.jit_step(steps_lib.train_step)
@@ -57,7 +57,7 @@ def measure(preset: str) -> dict:
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
   for _ in range(_WARMUP.value):
     state, m = step(state, batch)
-  jax.block_until_ready(m)
+  jax.block_until_ready(state)
   times = []
   for _ in range(_STEPS.value):
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def measure(preset: str) -> dict:
   median = float(np.median(times))
   return {
       "preset": preset, "model": c.model.name, "dtype": c.model.dtype,
-      "params": train.count_params(plan.abstract.params), "batch": b, "seq_len": t,
+      "params": setup.count_params(plan.abstract.params), "batch": b, "seq_len": t,
       "compile_s": compile_s, "step_ms_median": 1e3 * median,
       "step_ms_min": 1e3 * float(np.min(times)), "tokens_per_s": b * t / median,
       "xla_flops_per_step": flops, "achieved_tflops": flops / median / 1e12,

@@ -1,17 +1,17 @@
-r"""Does Gravity Wells do what seed 000 claims? Five arms, one command.
+r"""Does Gravity Wells do what "Information Gravity" claims? Five arms, one command.
 
     python bench/wells.py                        # all arms, seed 0
     python bench/wells.py --seeds=0,1,2 --epochs=6
 
 Arms (same model, data, seed and data order):
   plain        plain training
-  wells        Gravity Wells as the seed describes (batch loss drop → wells → extra update)
+  wells        Gravity Wells as the paper describes (batch loss drop → wells → extra update)
   uniform      plain training + extra updates on uniformly random batches, in exactly the steps
                where the wells arm injected (the control for wells' extra compute)
   loss_rank    online batch selection by loss rank (Loshchilov & Hutter, 2015)
   wells_ex     per-example wells (each example's own loss drop since it was last seen)
 
-The seed's claims: (1) wells remove the loss rise right after epoch boundaries ("drift");
+The paper's claims: (1) wells remove the loss rise right after epoch boundaries ("drift");
 (2) wells converge faster. Reported: validation bits/byte against gradient evaluations and
 against training wall-clock, and the epoch-boundary drift: the mean train loss of the K steps
 after a boundary minus that of the K steps before it, next to the same difference taken
@@ -29,6 +29,7 @@ from absl import logging
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ban_jax.training import setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import wiki  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -62,7 +63,7 @@ def arm_config(arm: str, seed: int, inject_path: str = ""):
 
 
 def steps_per_epoch(c) -> int:
-  data = train.build_data(c)
+  data = setup.build_data(c)
   return data.train.steps_per_epoch
 
 

@@ -10,7 +10,6 @@ Every element carries its window `index`; `Dataset.steps_per_epoch` marks epoch 
 
 import dataclasses
 import hashlib
-import os
 import sys
 from typing import Iterator
 
@@ -173,18 +172,3 @@ def eval_batches(split: Split, batch_size: int, max_batches: int = 0
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
     yield batch
-
-
-def heldout_path(configured: str) -> str | None:
-  """Resolves eval.heldout_path: "auto" finds ../shared/data/wikitext2_valid.txt beside the repo."""
-  if not configured:
-    return None
-  if configured == "auto":
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.normpath(
-        os.path.join(repo_root, "..", "shared", "data", "wikitext2_valid.txt"))
-    return path if os.path.exists(path) else None
-  if not os.path.exists(configured):
-    raise UserError(f"eval.heldout_path={configured} does not exist; point it at a UTF-8 text "
-                    "file, or set it to '' to skip the held-out evaluation.")
-  return configured

@@ -18,6 +18,8 @@ class Tokenizer(Protocol):
   vocab_size: int
   token_bytes: np.ndarray  # int32 [vocab_size]
   name: str                # a fingerprint, used to key caches
+  bos_id: int              # begins every document
+  eos_id: int              # ends every document
 
   def encode(self, text: bytes | str) -> np.ndarray: ...
   def decode(self, ids: Iterable[int]) -> str: ...
@@ -29,6 +31,8 @@ class ByteTokenizer:
   num_specials = 3
   vocab_size = 256 + num_specials
   name = "bytes"
+  bos_id = BOS
+  eos_id = EOS
 
   def __init__(self):
     self.token_bytes = np.concatenate(
@@ -63,6 +67,14 @@ class SentencePieceTokenizer:
     self.vocab_size = self._sp.get_piece_size()
     self.name = f"spm{self.vocab_size}-{os.path.getsize(model_path)}"
     self.token_bytes = np.array([self._bytes_of(i) for i in range(self.vocab_size)], np.int32)
+
+  @property
+  def bos_id(self) -> int:
+    return self._sp.bos_id()
+
+  @property
+  def eos_id(self) -> int:
+    return self._sp.eos_id()
 
   def _bytes_of(self, i: int) -> int:
     if self._sp.is_control(i) or self._sp.is_unknown(i):

@@ -15,7 +15,7 @@ def generate(model: nn.Module, params, tokenizer, prompt: str, *, length: int, s
   Each new token re-runs the model on the whole window: simple and exact for any model behind the
   factory, at O(seq_len) forward passes.
   """
-  prompt_ids = np.concatenate([[1], tokenizer.encode(prompt)]).astype(np.int32)  # 1 = BOS
+  prompt_ids = np.concatenate([[tokenizer.bos_id], tokenizer.encode(prompt)]).astype(np.int32)
   prompt_ids = prompt_ids[-(seq_len - 1):]
   start = len(prompt_ids)
   steps = min(length, seq_len - start)
@@ -43,7 +43,7 @@ def generate(model: nn.Module, params, tokenizer, prompt: str, *, length: int, s
 
   out = np.asarray(multihost_utils.process_allgather(run(params, buf, rng), tiled=True))
   out = out[0, start:start + steps]
-  eos = np.nonzero(out == 2)[0]
+  eos = np.nonzero(out == tokenizer.eos_id)[0]
   if len(eos):
     out = out[:eos[0]]
   return prompt + tokenizer.decode(out)

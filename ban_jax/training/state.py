@@ -15,10 +15,14 @@ class TrainState:
     params: the model's parameters.
     opt_state: the optax state.
     rng: uint32 [2], the run's base key; a step's key is fold_in(rng, step).
-    wells: Gravity Wells state (None when wells are off).
+    selection: the batch-selection strategy's state (`training/selection.py`): the WellState
+      for Gravity Wells, each example's last loss for loss_rank, None otherwise.
+    queue: the DrawQueue of draws pending for the next two steps (`training/queue.py`), None
+      when the strategy draws nothing.
   """
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
-  wells: Any = None
+  selection: Any = None
+  queue: Any = None

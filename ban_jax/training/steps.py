@@ -1,11 +1,13 @@
-"""Pure train and eval steps. `train.py` jits them with the model and optimizer bound in."""
+"""Pure train and eval steps. `setup.Plan` jits them with the model and optimizer bound in."""
 
+import functools
 import math
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import optax
 
@@ -41,7 +43,7 @@ def loss_fn(params, batch, rng, *, model, z_loss: float, token_bytes: jax.Array)
 
   Returns:
     (loss, aux) where aux holds scalar metrics and `example_loss` [batch], each example's mean
-    token loss (for Gravity Wells).
+    token loss (for batch selection).
   """
   logits, sown = forward(model, params, batch, rng=rng, deterministic=False)
   w = batch["weights"]
@@ -64,6 +66,19 @@ def loss_fn(params, batch, rng, *, model, z_loss: float, token_bytes: jax.Array)
   return loss, (metrics, example_loss)
 
 
+def apply_gradients(params, opt_state, grads, *, step: jax.Array,
+                    tx: optax.GradientTransformation, schedule: optax.Schedule):
+  """One optimizer update; every update of a train step goes through here.
+
+  Returns:
+    (params, opt_state, metrics) with the gradient's global norm and the learning rate.
+  """
+  updates, opt_state = tx.update(grads, opt_state, params, train_step=step)
+  params = optax.apply_updates(params, updates)
+  return params, opt_state, {"grad_norm": optax.global_norm(grads),
+                             "learning_rate": schedule(step)}
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule, z_loss: float,
                token_bytes: jax.Array) -> tuple[TrainState, dict[str, Any]]:
@@ -72,11 +87,64 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, (metrics, _)), grads = grad_fn(state.params, batch, rng, model=model, z_loss=z_loss,
                                      token_bytes=token_bytes)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params, train_step=state.step)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                 learning_rate=schedule(state.step))
+  params, opt_state, update_metrics = apply_gradients(state.params, state.opt_state, grads,
+                                                      step=state.step, tx=tx, schedule=schedule)
+  metrics = dict(metrics, **update_metrics)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def selection_step(state: TrainState, batch: dict[str, jax.Array],
+                   extra: dict[str, jax.Array] | None = None, *, strategy, model: nn.Module,
+                   tx: optax.GradientTransformation, schedule: optax.Schedule, z_loss: float,
+                   token_bytes: jax.Array):
+  """A train step under a strategy that draws batches (`training/selection.py`).
+
+  The step's key k = fold_in(state.rng, state.step) splits into fold_in(k, 0) for the regular
+  update, fold_in(k, 1) for the extra one and fold_in(k, 2) for the next draw.
+
+  Args:
+    state: TrainState with the strategy's `selection` state and the draw `queue`.
+    batch: the regular batch (the drawn one, for a strategy that replaces it).
+    extra: the batch of queue slot 0, for a strategy with extra updates; the update is skipped
+      when that slot is inactive.
+
+  Returns:
+    (state, metrics, draw): `draw` = (index int32 [batch], active bool []) just drawn, to be
+    used two steps later (the host fetches it; the state keeps it in its queue).
+  """
+  step = state.step
+  key = jax.random.fold_in(state.rng, step)
+  loss_grad = jax.value_and_grad(loss_fn, has_aux=True)
+  kw = dict(model=model, z_loss=z_loss, token_bytes=token_bytes)
+  update = functools.partial(apply_gradients, step=step, tx=tx, schedule=schedule)
+
+  (_, (metrics, example_loss)), grads = loss_grad(state.params, batch,
+                                                  jax.random.fold_in(key, 0), **kw)
+  params, opt_state, update_metrics = update(state.params, state.opt_state, grads)
+  metrics = dict(metrics, **update_metrics)
+
+  if strategy.uses_extra_batch:
+    def extra_update(carry):
+      params, opt_state = carry
+      (_, (m, _)), g = loss_grad(params, extra, jax.random.fold_in(key, 1), **kw)
+      params, opt_state, _ = update(params, opt_state, g)
+      return params, opt_state, m["loss"]
+
+    active = state.queue.active[0]
+    params, opt_state, metrics["extra_loss"] = lax.cond(
+        active, extra_update, lambda c: (*c, jnp.float32(jnp.nan)), (params, opt_state))
+  else:
+    active = jnp.array(False)
+  metrics["injected"] = active.astype(jnp.float32)
+  metrics["grad_evals"] = 1.0 + metrics["injected"]
+
+  selection, draw_index, draw_active, selection_metrics = strategy.after_step(
+      state.selection, step=step, index=batch["index"], example_loss=example_loss,
+      batch_loss=metrics["loss"], key=jax.random.fold_in(key, 2))
+  metrics.update(selection_metrics)
+  state = state.replace(step=step + 1, params=params, opt_state=opt_state, selection=selection,
+                        queue=state.queue.push(draw_index, draw_active))
+  return state, metrics, (draw_index, draw_active)
 
 
 def eval_step(params, batch: dict[str, jax.Array], *, model: nn.Module,

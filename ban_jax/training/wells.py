@@ -1,4 +1,4 @@
-"""Gravity Wells (seed 000 §5): the pure, jit-able core.
+"""Gravity Wells ("Information Gravity"): the pure, jit-able core.
 
 A well is a training example whose strength says how often it is re-injected for an extra
 gradient update. Wells form from the loss signal: when the loss drops faster than a threshold,
@@ -21,9 +21,9 @@ Storage:
     among the sorted batch, and a top-k of the weakest `batch` slots).
 
 Drop signal:
-  * batch (the seed): the batch loss against a bias-corrected EMA of past batch losses,
-    `drop_rate = (ema - loss) / ema`; every example of the batch gets the same increment.
-  * per-example (beyond the seed, dense storage only): each example's own relative loss drop
+  * batch (the paper's signal): the batch loss against a bias-corrected EMA of past batch
+    losses, `drop_rate = (ema - loss) / ema`; every example of the batch gets the same increment.
+  * per-example (beyond the paper, dense storage only): each example's own relative loss drop
     since it was last seen, `(last_loss[i] - loss[i]) / last_loss[i]`.
 
 Typical use inside a jitted train step:
@@ -40,8 +40,6 @@ from typing import Any, Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
-
-from ban_jax.errors import UserError
 
 STORAGES = ("dense", "table")
 
@@ -95,12 +93,13 @@ def init(size: int, *, storage: str = "dense", per_example: bool = False) -> Wel
     A WellState with no wells and no loss history.
   """
   if storage not in STORAGES:
-    raise UserError(f"wells storage {storage!r} is unknown; use one of {STORAGES}.")
+    raise ValueError(f"wells storage {storage!r} is unknown; use one of {STORAGES}.")
   if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-    raise UserError(f"wells size must be a positive int (examples or table capacity), got "
-                    f"{size!r}; set it from the dataset size or config.wells.capacity.")
+    error = ValueError if isinstance(size, int) and not isinstance(size, bool) else TypeError
+    raise error(f"wells size must be a positive int (examples or table capacity), got "
+                f"{size!r}; set it from the dataset size or config.wells.capacity.")
   if per_example and storage != "dense":
-    raise UserError("per-example wells keep a last loss per dataset example and need "
+    raise ValueError("per-example wells keep a last loss per dataset example and need "
                     "storage='dense'; set wells.storage='dense' or turn per-example off.")
   # Unused fields are None, not zero-size arrays: orbax refuses to save zero-size arrays.
   return WellState(
@@ -115,12 +114,12 @@ def init(size: int, *, storage: str = "dense", per_example: bool = False) -> Wel
 
 
 def _check_concrete(name: str, value: Any, lo: float, hi: float, hi_open: bool = False):
-  """Raises UserError when a Python number is outside [lo, hi] (or [lo, hi)); traced: no-op."""
+  """Raises ValueError when a Python number is outside [lo, hi] (or [lo, hi)); traced: no-op."""
   if isinstance(value, (int, float)) and not isinstance(value, bool):
     bad = value < lo or value > hi or (hi_open and value >= hi) or math.isnan(value)
     if bad:
       interval = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
-      raise UserError(f"wells {name} must lie in {interval}, got {value}; fix config.wells.")
+      raise ValueError(f"wells {name} must lie in {interval}, got {value}; fix config.wells.")
 
 
 def _first_occurrence(indices: jax.Array, valid: jax.Array) -> jax.Array:
@@ -200,7 +199,7 @@ def update(wells: WellState, indices: jax.Array, loss: jax.Array, *, threshold, 
            ema_decay=0.9, warmup_steps: int | None = None):
   """Forms and strengthens wells from one training step's loss.
 
-  Batch signal (the seed): `drop_rate = (ema - loss) / ema`, the relative drop of this step's
+  Batch signal (the paper's): `drop_rate = (ema - loss) / ema`, the relative drop of this step's
   loss below the bias-corrected EMA of the previous steps' losses (the current loss is folded in
   afterwards, so a batch is not compared with itself). When `drop_rate > threshold`, every
   distinct valid index of the batch gains `gain * drop_rate`. No well forms until the EMA has
@@ -239,20 +238,21 @@ def update(wells: WellState, indices: jax.Array, loss: jax.Array, *, threshold, 
   indices = jnp.asarray(indices)
   loss = jnp.asarray(loss, jnp.float32)
   if indices.ndim != 1 or not jnp.issubdtype(indices.dtype, jnp.integer):
-    raise UserError(f"wells.update needs integer example indices of shape [batch], got "
-                    f"{indices.dtype} {indices.shape}; pass the batch's dataset indices.")
+    error = ValueError if jnp.issubdtype(indices.dtype, jnp.integer) else TypeError
+    raise error(f"wells.update needs integer example indices of shape [batch], got "
+                f"{indices.dtype} {indices.shape}; pass the batch's dataset indices.")
   batch = indices.shape[0]
   if loss.shape not in ((), (batch,)):
-    raise UserError(f"wells.update needs loss of shape [] or [{batch}] (one per index), got "
-                    f"{loss.shape}; pass the batch loss or the per-example losses.")
+    raise ValueError(f"wells.update needs loss of shape [] or [{batch}] (one per index), got "
+                     f"{loss.shape}; pass the batch loss or the per-example losses.")
   if wells.per_example and loss.shape != (batch,):
-    raise UserError("per-example wells need per-example losses of shape [batch]; pass the "
-                    "per-example loss (the per-token loss averaged per example).")
+    raise ValueError("per-example wells need per-example losses of shape [batch]; pass the "
+                     "per-example loss (the per-token loss averaged per example).")
   if warmup_steps is None:
     if isinstance(ema_decay, (int, float)):
       warmup_steps = round(1.0 / (1.0 - ema_decay))
     else:
-      raise UserError("wells.update needs an explicit warmup_steps when ema_decay is traced.")
+      raise ValueError("wells.update needs an explicit warmup_steps when ema_decay is traced.")
   indices = indices.astype(jnp.int32)
   valid = indices >= 0
   if wells.storage == "dense":
@@ -339,7 +339,9 @@ def sample(wells: WellState, key: jax.Array, batch_size: int):
     there is no well yet; the indices are then all 0 and the caller must skip the extra update.
   """
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-    raise UserError(f"wells.sample needs a positive static int batch_size, got {batch_size!r}.")
+    error = (ValueError if isinstance(batch_size, int) and not isinstance(batch_size, bool)
+             else TypeError)
+    raise error(f"wells.sample needs a positive static int batch_size, got {batch_size!r}.")
   strength = jnp.maximum(wells.strength, 0.0)
   positive = strength > 0
   has_wells = jnp.any(positive)
@@ -384,28 +386,6 @@ def decay(wells: WellState, factor, baseline=0.0, floor=1e-3) -> WellState:
   return wells.replace(strength=strength, ids=ids)
 
 
-def lookup(wells: WellState, indices: jax.Array) -> jax.Array:
-  """float32 [n]: the strength of the given example indices (0 where there is no well).
-
-  For plots of chosen wells' trajectories. Table storage costs O((capacity + n^2) log n).
-
-  Args:
-    indices: int [n] example indices.
-  """
-  indices = jnp.asarray(indices, jnp.int32)
-  if wells.storage == "dense":
-    ok = (indices >= 0) & (indices < wells.num_slots)
-    return jnp.where(ok, wells.strength[jnp.where(ok, indices, 0)], 0.0)
-  ok = _first_occurrence(indices, indices >= 0)
-  hit, which, order = _locate(wells.ids, indices, ok)
-  found_sorted = jnp.zeros(indices.shape, jnp.float32).at[which].add(
-      jnp.where(hit, wells.strength, 0.0))
-  found = jnp.zeros(indices.shape, jnp.float32).at[order].set(found_sorted)
-  # A repeated query reads the value of its first occurrence.
-  first_pos = jnp.argmax(indices[:, None] == indices[None, :], axis=1)
-  return jnp.where(indices >= 0, found[first_pos], 0.0)
-
-
 def summary(wells: WellState, edges: Sequence[float] = DEFAULT_HISTOGRAM_EDGES):
   """Scalars and a fixed-bin histogram for logging.
 
@@ -421,7 +401,7 @@ def summary(wells: WellState, edges: Sequence[float] = DEFAULT_HISTOGRAM_EDGES):
   """
   edges = tuple(float(e) for e in edges)
   if any(b <= a for a, b in zip(edges, edges[1:])):
-    raise UserError(f"wells histogram edges must increase strictly, got {edges}.")
+    raise ValueError(f"wells histogram edges must increase strictly, got {edges}.")
   s = wells.strength
   active = s > 0
   n = jnp.sum(active).astype(jnp.int32)

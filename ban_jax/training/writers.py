@@ -68,6 +68,19 @@ def read_metrics(workdir: str) -> list[dict]:
   return sorted(by_key.values(), key=lambda r: r["step"])
 
 
+def summarize(host_metrics: list[dict]) -> dict[str, float]:
+  """{"train/<name>": mean over the steps} of the metrics of the steps since the last report."""
+  scalars = {}
+  for k in host_metrics[0]:
+    v = np.asarray([m[k] for m in host_metrics], np.float64)
+    if k == "extra_loss":  # NaN in the steps without an extra update
+      if np.any(np.isfinite(v)):
+        scalars[f"train/{k}"] = float(np.nanmean(v))
+    else:
+      scalars[f"train/{k}"] = float(np.mean(v))
+  return scalars
+
+
 class Progress:
   """Steps/s, tokens/s and ETA between reports."""
 

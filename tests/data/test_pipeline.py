@@ -94,12 +94,3 @@ def test_eval_batches_cover_the_split_once_and_pad_with_zero_weight():
 def test_batch_larger_than_the_split_is_a_user_error():
   with pytest.raises(UserError, match="exceeds"):
     pipeline.Dataset(_split(num_docs=2), global_batch=10_000, seed=0)
-
-
-def test_heldout_path(tmp_path):
-  assert pipeline.heldout_path("") is None
-  with pytest.raises(UserError, match="does not exist"):
-    pipeline.heldout_path(str(tmp_path / "missing.txt"))
-  f = tmp_path / "t.txt"
-  f.write_text("hello")
-  assert pipeline.heldout_path(str(f)) == str(f)

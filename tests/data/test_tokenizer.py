@@ -16,6 +16,7 @@ def test_bytes_round_trip_and_byte_counts():
   assert tok.decode([tokenizer.BOS, *ids, tokenizer.EOS, tokenizer.PAD]) == text
   assert tok.token_bytes[ids].sum() == len(text.encode("utf-8"))
   assert tok.token_bytes[[tokenizer.PAD, tokenizer.BOS, tokenizer.EOS]].sum() == 0
+  assert (tok.bos_id, tok.eos_id) == (tokenizer.BOS, tokenizer.EOS)
 
 
 def test_sentencepiece_round_trip_and_exact_byte_counts(tmp_path):
@@ -31,3 +32,4 @@ def test_sentencepiece_round_trip_and_exact_byte_counts(tmp_path):
     assert tok.decode(ids) == text
     assert tok.token_bytes[ids].sum() == len(text.encode("utf-8"))
   assert tok.token_bytes[[tokenizer.PAD, tokenizer.BOS, tokenizer.EOS]].sum() == 0
+  assert (tok.bos_id, tok.eos_id) == (tokenizer.BOS, tokenizer.EOS)

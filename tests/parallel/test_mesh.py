@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import ml_collections
     from jax.sharding import Mesh
     from ban_jax.parallel import mesh as mesh_lib
-    from ban_jax.training import steps, train
+    from ban_jax.training import setup, steps
     from configs import wiki
 
     assert jax.device_count() == 8
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
              "weights": np.ones((8, 32), np.float32), "index": np.arange(8, dtype=np.int32)}
 
     def run(mesh):
-      plan = train.build(c, 259, mesh, token_bytes=jnp.ones([259], jnp.float32))
+      plan = setup.build(c, 259, mesh, token_bytes=jnp.ones([259], jnp.float32))
       state = plan.init(jax.random.PRNGKey(0))
       step = plan.jit_step(steps.train_step)
       losses = []

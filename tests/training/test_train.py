@@ -168,7 +168,7 @@ def test_presets_validate():
     from ban_jax import config_validation  # pylint: disable=g-import-not-at-top
     config_validation.validate(wiki.get_config(preset))
   with pytest.raises(ValueError, match="unknown preset"):
-    wiki.get_config("tiny")
+    wiki.get_config("no_such_preset")
 
 
 def test_ban_trains_through_the_system_and_draws_its_plots(tiny_config, tmp_path):

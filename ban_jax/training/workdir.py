@@ -1,0 +1,130 @@
+"""The files a run leaves in its workdir, and the checks that come before writing any."""
+
+import contextlib
+import json
+import os
+
+from absl import logging
+import flax
+import jax
+import ml_collections
+
+from ban_jax.errors import UserError
+from ban_jax.training import plots
+from ban_jax.training import writers
+
+# Fields that fix the shapes or meaning of the parameters; a resumed run must match them.
+RESUME_KEYS = ("model", "data.tokenizer", "data.spm_model", "data.spm_vocab_size", "seed",
+               "data.source", "data.tfds_name", "data.dump_dir", "data.train_split",
+               "data.text_key", "data.seq_len", "train.batch_size", "wells")
+
+
+def check(workdir: str) -> str:
+  """Fails early if `workdir` could not be created or written; creates nothing."""
+  if not workdir:
+    raise UserError("--workdir is required: the folder for checkpoints, metrics and plots.")
+  if "://" in workdir:
+    raise UserError(f"workdir {workdir}: only filesystem paths are supported (metrics are "
+                    "appended line by line); on a multi-host TPU or GPU cluster mount the "
+                    "bucket on every host (e.g. gcsfuse) and pass the mounted path.")
+  workdir = os.path.abspath(workdir)
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"workdir {workdir} is not writable ({parent} is not a writable folder); "
+                    "pass a --workdir you can write to.")
+  return workdir
+
+
+def prepare(workdir: str) -> str:
+  """Creates `workdir` and proves it writable."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); pass a --workdir you "
+                    "can write to.") from e
+  return workdir
+
+
+def _differences(a, b, prefix=""):
+  """Dotted keys whose values differ between two nested dicts."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+  return [] if a == b else [(prefix[:-1], a, b)]
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict):
+  """Refuses a config that differs from the run in `workdir` in a field of RESUME_KEYS."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  mine = config.to_dict()
+  for key in RESUME_KEYS:
+    block, _, field = key.partition(".")
+    a, b = saved.get(block, {}), mine.get(block, {})
+    if field:
+      a, b = a.get(field), b.get(field)
+    diff = _differences(a, b, key + ".")
+    if diff:
+      name, theirs, ours = diff[0]
+      raise UserError(f"{workdir} holds a run trained with {name}={theirs!r}, but this config "
+                      f"has {name}={ours!r}; resume with the same settings or use a fresh "
+                      "--workdir.")
+  if saved.get("train", {}).get("steps") != config.train.steps:
+    logging.warning("resuming with train.steps=%d (was %s): the learning-rate schedule changes "
+                    "from here on, so this is a continuation, not an exact resume.",
+                    config.train.steps, saved.get("train", {}).get("steps"))
+
+
+def write_json(path: str, obj):
+  """Writes through a temporary file, so a reader never sees half a file."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict):
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+
+@contextlib.contextmanager
+def closing_on_error(writer, ckpt):
+  """On an exception, flush the metrics and let an in-flight async checkpoint finish."""
+  try:
+    yield
+  except BaseException:
+    writer.close()
+    ckpt.close()
+    raise
+
+
+def write_final(workdir: str, *, params, sample: str, final: dict, title: str,
+                steps_per_epoch: int, selection_log=None):
+  """The end-of-run files: sample, plots, the selection log and final_metrics.json."""
+  # Per-head masses are tiny and replicated: every process can read them, even under FSDP.
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  masses = jax.device_get({k: v for k, v in flat.items() if k.endswith("gravity_mass_log")})
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "sample.txt"), "w") as f:
+    f.write(sample + "\n")
+  records = writers.read_metrics(workdir)
+  plots.loss_curve(records, os.path.join(workdir, "loss_curve.png"),
+                   steps_per_epoch=steps_per_epoch, title=title)
+  plots.focus_usage(records, os.path.join(workdir, "focus_usage.png"))
+  plots.mass_heatmap(masses, os.path.join(workdir, "mass_heatmap.png"))
+  if selection_log is not None:
+    selection_log.save(workdir, steps_per_epoch)
+  write_json(os.path.join(workdir, "final_metrics.json"), final)
