@@ -11,6 +11,7 @@ from ban_jax.data import wikipedia
 from ban_jax.errors import UserError
 
 SOURCES = ("bundled", "dump", "tfds")
+TOKENIZERS = ("bytes", "spm")
 
 
 def default_cache_dir() -> str:
