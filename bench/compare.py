@@ -38,7 +38,7 @@ _OUT = flags.DEFINE_string("out", "", "Results folder (default bench/results).")
 
 
 def _small_transformer(c):
-  c.model = wiki.get_config("baseline").model
+  c.model = wiki.get_config("transformer").model
   c.model.update(d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                  mlp_dim=256, dtype="float32")
   return c

@@ -33,3 +33,24 @@ def test_bad_flags_give_one_error_line(tmp_path, args, match):
   assert len(errors) == 1 and match in errors[0], stderr[-2000:]
   assert "Traceback" not in stderr
   assert not workdir.exists()
+
+
+def test_the_command_as_typed_runs_without_a_workdir(tmp_path, tfds_dir, cache_dir):
+  """`python -m ban_jax.main --config=configs/wiki.py` (the full system), shrunk to 3 steps."""
+  small = {"train.steps": 3, "train.batch_size": 4, "train.log_every": 1,
+           "optimizer.warmup_steps": 1, "eval.every_steps": 3, "eval.batch_size": 4,
+           "eval.max_batches": 1, "eval.heldout_path": "", "eval.sample_length": 4,
+           "checkpoint.every_steps": 3, "data.seq_len": 32, "data.tfds_data_dir": tfds_dir,
+           "data.cache_dir": cache_dir, "model.d_model": 16, "model.num_layers": 1,
+           "model.num_heads": 2, "model.num_kv_heads": 1, "model.head_dim": 8,
+           "model.num_branches": 2, "model.attractor_steps": 2, "model.dtype": "float32",
+           "wells.warmup_steps": 1}
+  args = [f"--config={os.path.join(REPO, 'configs', 'wiki.py')}"]
+  args += [f"--config.{k}={v}" for k, v in small.items()]
+  out = subprocess.run([sys.executable, "-m", "ban_jax.main", *args], cwd=tmp_path,
+                       capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  workdir = tmp_path / "runs" / "default"
+  assert f"workdir {workdir}: a new run" in out.stderr
+  assert (workdir / "final_metrics.json").exists()
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]

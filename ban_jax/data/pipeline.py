@@ -172,3 +172,24 @@ def eval_batches(split: Split, batch_size: int, max_batches: int = 0
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
     yield batch
+
+
+def scored_bytes(split: Split, batch_size: int, max_batches: int, tokenizer) -> bytes:
+  """The bytes an evaluation scores: targets of weight > 0 in `eval_batches`' batches, in order.
+
+  Window i's targets are tokens (i·L, i·L + L] of the split, so consecutive windows' targets
+  never overlap and each scored token appears once; zero-weight targets (the BOS after a
+  document's EOS, padding rows) are left out, as the loss leaves them out. So
+  `len(result) == Σ token_bytes[targets] · weights`, the `bytes` total of `steps.eval_step`.
+
+  Args:
+    split, batch_size, max_batches: as for `eval_batches`.
+    tokenizer: the split's tokenizer (`to_bytes`).
+
+  Returns:
+    The concatenated UTF-8 bytes (a character may be cut where a window starts).
+  """
+  parts = []
+  for batch in eval_batches(split, batch_size, max_batches):
+    parts.append(tokenizer.to_bytes(batch["targets"][batch["weights"] > 0]))
+  return b"".join(parts)

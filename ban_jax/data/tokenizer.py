@@ -23,6 +23,7 @@ class Tokenizer(Protocol):
 
   def encode(self, text: bytes | str) -> np.ndarray: ...
   def decode(self, ids: Iterable[int]) -> str: ...
+  def to_bytes(self, ids) -> bytes: ...  # exactly token_bytes[ids].sum() bytes
 
 
 class ByteTokenizer:
@@ -48,6 +49,15 @@ class ByteTokenizer:
     data = (ids[ids >= self.num_specials] - self.num_specials).astype(np.uint8).tobytes()
     return data.decode("utf-8", errors="replace")
 
+  def to_bytes(self, ids) -> bytes:
+    """int [n] -> the UTF-8 bytes the ids stand for; specials give none.
+
+    Unlike `decode`, no invalid UTF-8 is replaced (a window may cut a character in two), so
+    `len(to_bytes(ids)) == token_bytes[ids].sum()`.
+    """
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    return (ids[ids >= self.num_specials] - self.num_specials).astype(np.uint8).tobytes()
+
 
 class SentencePieceTokenizer:
   """A SentencePiece model whose pad/bos/eos ids are 0/1/2, as the byte tokenizer's."""
@@ -66,7 +76,8 @@ class SentencePieceTokenizer:
                       "train it with ban_jax.data.tokenizer.train_sentencepiece.")
     self.vocab_size = self._sp.get_piece_size()
     self.name = f"spm{self.vocab_size}-{os.path.getsize(model_path)}"
-    self.token_bytes = np.array([self._bytes_of(i) for i in range(self.vocab_size)], np.int32)
+    self._piece_bytes = [self._piece_bytes_of(i) for i in range(self.vocab_size)]
+    self.token_bytes = np.array([len(b) for b in self._piece_bytes], np.int32)
 
   @property
   def bos_id(self) -> int:
@@ -76,12 +87,13 @@ class SentencePieceTokenizer:
   def eos_id(self) -> int:
     return self._sp.eos_id()
 
-  def _bytes_of(self, i: int) -> int:
+  def _piece_bytes_of(self, i: int) -> bytes:
     if self._sp.is_control(i) or self._sp.is_unknown(i):
-      return 0
+      return b""
+    piece = self._sp.id_to_piece(i)
     if self._sp.is_byte(i):  # byte-fallback pieces, written "<0xE2>", stand for one byte
-      return 1
-    return len(self._sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+      return bytes([int(piece[3:-1], 16)])
+    return piece.replace("\u2581", " ").encode("utf-8")
 
   def encode(self, text: bytes | str) -> np.ndarray:
     if isinstance(text, bytes):
@@ -90,6 +102,12 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([int(i) for i in ids if int(i) > EOS])
+
+  def to_bytes(self, ids) -> bytes:
+    """int [n] -> the pieces' UTF-8 bytes in order, byte pieces as their byte; specials and
+    unknowns give none, so `len(to_bytes(ids)) == token_bytes[ids].sum()`."""
+    table = self._piece_bytes
+    return b"".join([table[i] for i in np.asarray(ids, np.int64).reshape(-1).tolist()])
 
 
 def train_sentencepiece(texts: Iterable[bytes | str], model_prefix: str, vocab_size: int) -> str:

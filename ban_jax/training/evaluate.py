@@ -1,12 +1,15 @@
-"""Bits per byte on the validation split and the held-out text."""
+"""Bits per byte on the validation split and the held-out text, beside gzip/bz2/xz's."""
 
 import functools
 import math
+import time
 
+from absl import logging
 import jax
 import ml_collections
 
 from ban_jax.data import pipeline
+from ban_jax.data import yardsticks
 from ban_jax.parallel import mesh as mesh_lib
 from ban_jax.training import steps
 
@@ -24,11 +27,21 @@ def evaluate(eval_fn, params, split: pipeline.Split, batch_size: int, max_batche
           "loss": totals["nats"] / max(totals["tokens"], 1.0)}
 
 
+def yardstick_metrics(split: pipeline.Split, batch_size: int, max_batches: int,
+                      tokenizer) -> dict[str, float]:
+  """{"<compressor>_bits_per_byte": ...} on exactly the bytes `evaluate` scores (host only)."""
+  data = pipeline.scored_bytes(split, batch_size, max_batches, tokenizer)
+  return {f"{name}_bits_per_byte": v for name, v in yardsticks.bits_per_byte(data).items()}
+
+
 class Evaluator:
-  """params -> {"eval/...": ..., "heldout/...": ...} for one run's splits."""
+  """params -> {"eval/...": ..., "heldout/...": ...} for one run's splits.
+
+  With a tokenizer, each split's results also hold gzip/bz2/xz bits/byte of the same bytes.
+  """
 
   def __init__(self, plan, validation: pipeline.Split, heldout: pipeline.Split | None,
-               cfg: ml_collections.ConfigDict):
+               cfg: ml_collections.ConfigDict, tokenizer=None):
     self._fn = jax.jit(functools.partial(steps.eval_step, model=plan.model,
                                          token_bytes=plan.step_kw["token_bytes"]),
                        in_shardings=(plan.state_sharding.params, plan.batch_sharding))
@@ -37,10 +50,25 @@ class Evaluator:
     if heldout is not None:
       self._splits.append(("heldout", heldout, cfg.heldout_max_batches))
     self._batch_size = cfg.batch_size
+    # The splits and the batches chosen from them are fixed for the run: compress once.
+    self._yardsticks = {}
+    if tokenizer is not None:
+      start = time.perf_counter()
+      for prefix, split, max_batches in self._splits:
+        self._yardsticks.update({f"{prefix}/{k}": v for k, v in yardstick_metrics(
+            split, self._batch_size, max_batches, tokenizer).items()})
+      logging.info("compressor yardsticks (%.1fs): %s", time.perf_counter() - start,
+                   ", ".join(f"{k} {v:.4f}" for k, v in sorted(self._yardsticks.items())))
+
+  @property
+  def yardsticks(self) -> dict[str, float]:
+    """{"eval/gzip_bits_per_byte": ..., ...}: the same in every call's results."""
+    return dict(self._yardsticks)
 
   def __call__(self, params) -> dict[str, float]:
     results = {}
     for prefix, split, max_batches in self._splits:
       results.update({f"{prefix}/{k}": v for k, v in evaluate(
           self._fn, params, split, self._batch_size, max_batches, self._sharding).items()})
+    results.update(self._yardsticks)
     return results

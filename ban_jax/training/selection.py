@@ -76,6 +76,8 @@ class Strategy:
   uses_extra_batch: ClassVar[bool] = False
   replaces_regular_batch: ClassVar[bool] = False
   keeps_strengths: ClassVar[bool] = False
+  # For the plan a run logs before training: what this strategy adds to the main data stream.
+  extra_note: ClassVar[str] = "no extra updates"
 
   def init(self) -> Any:
     """The selection state at step 0 (a pytree of arrays, or None)."""
@@ -109,6 +111,8 @@ class Wells(Strategy):
   """Gravity Wells: an extra update on a batch drawn in proportion to well strength."""
   draws: ClassVar[bool] = True
   uses_extra_batch: ClassVar[bool] = True
+  extra_note: ClassVar[str] = ("wells add up to one extra update per step on a well batch, not "
+                               "counted in epochs")
   keeps_strengths: ClassVar[bool] = True
   num_examples: int
   steps_per_epoch: int
@@ -147,6 +151,8 @@ class Uniform(Strategy):
   """An extra update on a uniformly random batch, in every step or in the listed steps."""
   draws: ClassVar[bool] = True
   uses_extra_batch: ClassVar[bool] = True
+  extra_note: ClassVar[str] = ("uniform adds one extra update on a random batch per step (or in "
+                               "the steps of wells.inject_steps), not counted in epochs")
   num_examples: int
   inject_flags: np.ndarray | None = None   # bool [total_steps + 2]; None: every step
 
@@ -178,6 +184,8 @@ class LossRank(Strategy):
   """
   draws: ClassVar[bool] = True
   replaces_regular_batch: ClassVar[bool] = True
+  extra_note: ClassVar[str] = ("no extra updates; loss_rank draws every batch by loss rank, so "
+                               "epochs count batches, not passes over every window")
   num_examples: int
   pressure: float
 

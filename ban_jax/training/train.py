@@ -49,10 +49,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_lib.save_config(workdir, config)
   num_params = setup.count_params(plan.abstract.params)
   logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
+  flops, flops_source = setup.train_step_flops(plan, config, num_params)
+  run_plan = setup.plan_summary(config, len(data.train.split.windows), num_params=num_params,
+                                flops_per_step=flops, flops_source=flops_source)
+  setup.log_plan(run_plan)
+  if jax.process_index() == 0:
+    workdir_lib.write_json(os.path.join(workdir, "plan.json"), run_plan)
 
   train_step = plan.jit_train_step(strategy)
   host_queue = queue_lib.HostQueue(strategy, state.queue, data.train)
-  evaluator = evaluate.Evaluator(plan, data.validation, data.heldout, config.eval)
+  evaluator = evaluate.Evaluator(plan, data.validation, data.heldout, config.eval,
+                                 tokenizer=data.tokenizer)
   writer = writers.MetricWriter(workdir)
   first_step = int(state.step)
   selection_log = selection.SelectionLog(strategy, first_step)

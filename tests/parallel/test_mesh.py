@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     from configs import wiki
 
     assert jax.device_count() == 8
-    c = wiki.get_config("baseline")
+    c = wiki.get_config("transformer")
     c.model.d_model, c.model.mlp_dim, c.model.num_layers, c.data.seq_len = 64, 128, 2, 32
     c.model.dtype = "float32"
     rng = np.random.default_rng(0)

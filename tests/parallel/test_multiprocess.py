@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     from configs import wiki
     from ban_jax.training import train
     pid, count, port, mode, workdir, tfds_dir, cache = sys.argv[1:]
-    c = wiki.get_config("baseline")
+    c = wiki.get_config("transformer")
     c.data.tfds_data_dir, c.data.cache_dir, c.data.seq_len = tfds_dir, cache + pid, 64
     c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                    mlp_dim=64, dtype="float32", attention="gravity")

@@ -128,13 +128,13 @@ def test_wells_step_keeps_its_well_state_in_state_selection(tiny_config):
 
 
 def test_off_has_no_selection_state_and_the_plain_step():
-  c = wiki.get_config("baseline")
+  c = wiki.get_config("transformer")
   strategy = selection.from_config(c.wells, num_examples=10, steps_per_epoch=1, total_steps=1)
   assert not strategy.draws and strategy.init() is None
 
 
 def test_one_strategy_per_mode():
-  c = wiki.get_config("baseline")
+  c = wiki.get_config("transformer")
   kinds = {}
   for mode in selection.MODES:
     c.wells.mode = mode
@@ -153,7 +153,7 @@ def test_one_strategy_per_mode():
     ("rank_pressure", 0.5, "wells.rank_pressure=0.5 must be >= 1"),
 ])
 def test_check_config_names_the_field_and_its_range(field, value, match):
-  c = wiki.get_config("baseline").wells
+  c = wiki.get_config("transformer").wells
   c.mode = "loss_rank"
   c[field] = value
   with pytest.raises(ValueError, match=match):
@@ -161,7 +161,7 @@ def test_check_config_names_the_field_and_its_range(field, value, match):
 
 
 def test_check_config_per_example_needs_dense_storage():
-  c = wiki.get_config("baseline").wells
+  c = wiki.get_config("transformer").wells
   c.update(mode="wells", per_example=True, storage="table")
   with pytest.raises(ValueError, match="per_example=True needs wells.storage='dense'"):
     selection.check_config(c)

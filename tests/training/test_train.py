@@ -173,7 +173,7 @@ def test_presets_validate():
 
 def test_ban_trains_through_the_system_and_draws_its_plots(tiny_config, tmp_path):
   config = tiny_config(train__steps=30, eval__every_steps=30, optimizer__learning_rate=1e-2)
-  config.model = wiki.get_config("default").model
+  config.model = wiki.get_config("ban").model
   config.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                       num_branches=3, attractor_steps=3, dtype="float32", attention="gravity")
   workdir = str(tmp_path / "ban")

@@ -1,0 +1,246 @@
+r"""The results table of the Information Gravity paper: every mechanism on and off, equal FLOPs.
+
+    python bench/ablation.py --scale=cpu --deadline_s=3600      # as much as fits in an hour
+    python bench/ablation.py --scale=cpu --resume               # later: only the missing runs
+    python bench/ablation.py --report_only                      # table, chart, docs/results.md
+
+Arms (all on the bundled Wikipedia, byte tokens, one shared FLOPs budget per scale):
+  transformer, transformer_2x (twice the parameters, fewer steps), ban (dot + RoPE),
+  ban+gravity, +tagging, +power_law (= full minus wells), full (+ Gravity Wells),
+  full-gravity, full-tagging, full-power_law.
+
+Each arm first sweeps the learning rate over three values at seed 0, then trains seeds 1 and 2
+at its best rate. Steps per arm = budget / (XLA's FLOPs of one train step, BAN attractor
+iterations included, x gradient evaluations per step); wells arms plan for an extra update in
+every step and record the extra updates they really took. Every run is the command line itself
+(`python -m ban_jax.main`) in its own workdir, so a run cut by the deadline resumes from its
+checkpoint. Finished runs are appended to bench/results/ablation.json as they end.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from bench import ablation_report  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "Model size and FLOPs budget.")
+_DEADLINE = flags.DEFINE_float("deadline_s", 0, "Start no run that would end past this many "
+                               "seconds from now (0: no deadline); a run cut short resumes.")
+_RESUME = flags.DEFINE_bool("resume", True, "Keep finished runs in the results file.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/ban_ablation", "Where the runs' workdirs go.")
+_OUT = flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "ablation.json"),
+                           "Results file (JSON, appended per finished run).")
+_ARMS = flags.DEFINE_list("arms", [], "Only these arms (default: all).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write the table and chart; train nothing.")
+
+# Per scale: the shared model shape, the data shape, the steps the BAN arm gets (which fixes the
+# FLOPs budget), and the learning rates swept.
+SCALES = {
+    "cpu": dict(width=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=256, branches=5,
+                attractor_steps=4, seq_len=128, batch=16, ban_steps=1000,
+                learning_rates=(1.5e-3, 3e-3, 6e-3), dtype="float32"),
+    "gpu": dict(width=256, layers=6, heads=8, kv_heads=8, head_dim=32, mlp=1024, branches=5,
+                attractor_steps=6, seq_len=512, batch=64, ban_steps=300,
+                learning_rates=(5e-4, 1e-3, 2e-3), dtype="bfloat16"),
+}
+SEEDS = (0, 1, 2)
+FULL = dict(attention="gravity", tagging=True, positional="power_law", wells="wells")
+BAN = dict(attention="dot", tagging=False, positional="rope", wells="off")
+ARMS = {
+    "transformer": dict(BAN, model="transformer"),
+    "transformer_2x": dict(BAN, model="transformer", layers_factor=2),
+    "ban": dict(BAN, model="ban"),
+    "ban+gravity": dict(BAN, model="ban", attention="gravity"),
+    "+tagging": dict(BAN, model="ban", attention="gravity", tagging=True),
+    "+power_law": dict(FULL, model="ban", wells="off"),
+    "full": dict(FULL, model="ban"),
+    "full-gravity": dict(FULL, model="ban", attention="dot"),
+    "full-tagging": dict(FULL, model="ban", tagging=False),
+    "full-power_law": dict(FULL, model="ban", positional="rope"),
+}
+
+
+def overrides(arm: str, scale: dict, *, steps: int, lr: float, seed: int) -> dict:
+  """The arm's run as config overrides of the `ban` or `transformer` preset."""
+  a = ARMS[arm]
+  o = {
+      "seed": seed, "data.seq_len": scale["seq_len"], "train.batch_size": scale["batch"],
+      "train.steps": steps, "train.log_every": 10, "optimizer.learning_rate": lr,
+      "optimizer.warmup_steps": max(steps // 20, 1), "optimizer.weight_decay": 0.0,
+      "eval.every_steps": steps, "eval.batch_size": 32, "eval.max_batches": 0,
+      "eval.heldout_max_batches": 50, "eval.sample_length": 64,
+      "checkpoint.every_steps": max(steps // 5, 1), "checkpoint.keep": 1,
+      "model.d_model": scale["width"], "model.num_layers": scale["layers"] * a.get(
+          "layers_factor", 1),
+      "model.num_heads": scale["heads"], "model.num_kv_heads": scale["kv_heads"],
+      "model.head_dim": scale["head_dim"], "model.dtype": scale["dtype"],
+      "model.attention": a["attention"], "model.tagging": a["tagging"],
+      "model.positional": a["positional"], "wells.mode": a["wells"],
+      "wells.warmup_steps": max(steps // 20, 1),
+  }
+  if a["model"] == "transformer":
+    o["model.mlp_dim"] = scale["mlp"]
+  else:
+    o.update({"model.num_branches": scale["branches"],
+              "model.attractor_steps": scale["attractor_steps"], "model.unroll": True})
+  return o
+
+
+def config_for(arm, scale, **kw):
+  from configs import wiki  # pylint: disable=g-import-not-at-top
+  c = wiki.get_config(ARMS[arm]["model"])
+  for dotted, value in overrides(arm, scale, **kw).items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def flops_per_step(arm: str, scale: dict) -> tuple[float, int]:
+  """(XLA's FLOPs of one plain train step of the arm, its parameter count); traced, not run."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from ban_jax.training import setup  # pylint: disable=g-import-not-at-top
+  c = config_for(arm, scale, steps=1000, lr=1e-3, seed=0)
+  plan = setup.build(c, 259, mesh_lib.make_mesh(c.mesh), token_bytes=jnp.ones([259]))
+  params = setup.count_params(plan.abstract.params)
+  flops, source = setup.train_step_flops(plan, c, params)
+  if not source.startswith("XLA"):
+    raise RuntimeError(f"XLA gave no FLOP count for {arm}; equal-FLOPs sizing needs it.")
+  return flops, params
+
+
+def _load(path):
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {"runs": []}
+
+
+def _save(path, results):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline):
+  """Trains one run through the CLI; returns its record, or None if the deadline cut it."""
+  workdir = os.path.join(_WORKDIR.value, scale_name, f"{arm}_lr{lr:g}_s{seed}")
+  args = [sys.executable, "-m", "ban_jax.main",
+          f"--config={os.path.join(REPO, 'configs', 'wiki.py')}:{ARMS[arm]['model']}",
+          f"--workdir={workdir}"]
+  args += [f"--config.{k}={v}" for k, v in overrides(arm, scale, steps=steps, lr=lr,
+                                                     seed=seed).items()]
+  start = time.time()
+  timeout = None if deadline is None else max(deadline - time.time(), 1)
+  try:
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         check=False)
+  except subprocess.TimeoutExpired:
+    print(f"[ablation]   deadline: {arm} lr {lr:g} seed {seed} stopped; --resume continues it",
+          flush=True)
+    return None
+  if out.returncode:
+    raise RuntimeError(f"{arm} lr {lr:g} seed {seed} failed:\n{out.stderr[-3000:]}")
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    final = json.load(f)
+  records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  evals = sum(r.get("train/grad_evals", 1.0) * 10 for r in records if "train/loss" in r)
+  rates = [r["perf/tokens_per_sec"] for r in records if "perf/tokens_per_sec" in r][1:]
+  tokens = steps * scale["batch"] * scale["seq_len"]
+  return {
+      "arm": arm, "scale": scale_name, "lr": lr, "seed": seed, "steps": steps,
+      "params": params, "flops_per_update": flops, "grad_evals": evals,
+      "train_flops": flops * evals, "tokens_trained": tokens,
+      "val_bpb": final["eval/bits_per_byte"], "heldout_bpb": final.get("heldout/bits_per_byte"),
+      "val_gzip_bpb": final.get("eval/gzip_bits_per_byte"),
+      "tokens_per_sec": sorted(rates)[len(rates) // 2] if rates else None,
+      "wall_s": time.time() - start, "injected_fraction": evals / steps - 1.0,
+  }
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("JAX_PLATFORMS", "cpu" if _SCALE.value == "cpu" else "")
+  scale_name, scale = _SCALE.value, SCALES[_SCALE.value]
+  results = _load(_OUT.value) if _RESUME.value else {"runs": []}
+  if _REPORT_ONLY.value:
+    ablation_report.report(results, _OUT.value)
+    return
+  deadline = time.time() + _DEADLINE.value if _DEADLINE.value else None
+  arms = _ARMS.value or list(ARMS)
+  unknown = sorted(set(arms) - set(ARMS))
+  if unknown:
+    raise app.UsageError(f"unknown arms {unknown}; choose from {list(ARMS)}")
+  sizing = results.setdefault("sizing", {}).setdefault(scale_name, {})
+  for arm in arms:
+    if arm not in sizing:
+      flops, params = flops_per_step(arm, scale)
+      sizing[arm] = {"flops_per_update": flops, "params": params}
+      _save(_OUT.value, results)
+  budget = sizing["ban"]["flops_per_update"] * scale["ban_steps"] if "ban" in sizing else None
+  if budget is None:
+    sizing["ban"] = dict(zip(("flops_per_update", "params"), flops_per_step("ban", scale)))
+    budget = sizing["ban"]["flops_per_update"] * scale["ban_steps"]
+  results["budget"] = {scale_name: budget}
+
+  def steps_of(arm):
+    evals_per_step = 2.0 if ARMS[arm]["wells"] == "wells" else 1.0
+    return max(int(round(budget / (sizing[arm]["flops_per_update"] * evals_per_step))), 20)
+
+  def done(arm, lr, seed):
+    return any(r["arm"] == arm and r["scale"] == scale_name and r["lr"] == lr
+               and r["seed"] == seed for r in results["runs"])
+
+  def best_lr(arm):
+    sweep = [r for r in results["runs"] if r["arm"] == arm and r["scale"] == scale_name
+             and r["seed"] == 0]
+    if len(sweep) < len(scale["learning_rates"]):
+      return None
+    return min(sweep, key=lambda r: r["val_bpb"])["lr"]
+
+  # Sweeps first (every arm gets its best rate before any arm gets more seeds), then seeds.
+  plan = [(arm, lr, 0) for arm in arms for lr in scale["learning_rates"]]
+  plan += [(arm, None, seed) for seed in SEEDS[1:] for arm in arms]
+  walls = [r["wall_s"] for r in results["runs"] if r["scale"] == scale_name]
+  for arm, lr, seed in plan:
+    lr = lr if lr is not None else best_lr(arm)
+    if lr is None or done(arm, lr, seed):
+      continue
+    steps = steps_of(arm)
+    if deadline is not None and walls and time.time() + min(walls) > deadline:
+      print("[ablation] deadline: no time for another run; --resume continues", flush=True)
+      break
+    print(f"[ablation] {arm}: lr {lr:g} seed {seed}, {steps} steps "
+          f"({sizing[arm]['flops_per_update'] * steps:.3g} FLOPs per update stream)", flush=True)
+    record = run_one(arm, scale_name, scale, steps=steps, lr=lr, seed=seed,
+                     flops=sizing[arm]["flops_per_update"], params=sizing[arm]["params"],
+                     deadline=deadline)
+    if record is None:
+      break
+    results["runs"].append(record)
+    walls.append(record["wall_s"])
+    _save(_OUT.value, results)
+    print(f"[ablation]   val {record['val_bpb']:.4f} bits/byte (gzip "
+          f"{record['val_gzip_bpb']:.3f}), {record['train_flops'] / budget:.3f} of the budget, "
+          f"{record['wall_s']:.0f} s; {len(results['runs'])} runs done", flush=True)
+  ablation_report.report(results, _OUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,173 @@
+"""The ablation's table, bar chart and claim-by-claim verdicts (docs/results.md).
+
+Kept apart from bench/ablation.py so that the report can be rebuilt from the JSON alone.
+Numbers are means ± sample std over the seeds trained at each arm's best learning rate;
+a difference counts as shown when it exceeds twice its standard error.
+"""
+
+import math
+import os
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_MD = os.path.join(REPO, "docs", "results.md")
+ORDER = ("transformer", "transformer_2x", "ban", "ban+gravity", "+tagging", "+power_law", "full",
+         "full-gravity", "full-tagging", "full-power_law")
+
+
+def summarize(results: dict, scale: str = "cpu") -> dict[str, dict]:
+  """{arm: mean/std of val and held-out bits/byte at its best lr, with its run facts}."""
+  out = {}
+  runs = [r for r in results.get("runs", []) if r["scale"] == scale]
+  for arm in ORDER:
+    mine = [r for r in runs if r["arm"] == arm]
+    if not mine:
+      continue
+    sweep = {r["lr"]: r["val_bpb"] for r in mine if r["seed"] == 0}
+    best = min(sweep, key=sweep.get)
+    chosen = [r for r in mine if r["lr"] == best]
+    val = np.array([r["val_bpb"] for r in chosen])
+    held = np.array([r["heldout_bpb"] for r in chosen if r.get("heldout_bpb") is not None])
+    out[arm] = {
+        "lr": best, "seeds": len(chosen), "sweep": sweep,
+        "val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)) if len(val) > 1 else
+        float("nan"),
+        "heldout_mean": float(held.mean()) if len(held) else float("nan"),
+        "heldout_std": float(held.std(ddof=1)) if len(held) > 1 else float("nan"),
+        "gzip": chosen[0].get("val_gzip_bpb"),
+        "params": chosen[0]["params"], "steps": chosen[0]["steps"],
+        "train_flops": float(np.mean([r["train_flops"] for r in chosen])),
+        "tokens_trained": chosen[0]["tokens_trained"],
+        "tokens_per_sec": float(np.median([r["tokens_per_sec"] for r in chosen
+                                           if r.get("tokens_per_sec")] or [float("nan")])),
+    }
+  return out
+
+
+def _diff(summary, a, b):
+  """(mean of a − b, its standard error), None if either arm is missing or has one seed."""
+  if a not in summary or b not in summary:
+    return None
+  x, y = summary[a], summary[b]
+  if x["seeds"] < 2 or y["seeds"] < 2:
+    return x["val_mean"] - y["val_mean"], float("nan")
+  se = math.sqrt(x["val_std"] ** 2 / x["seeds"] + y["val_std"] ** 2 / y["seeds"])
+  return x["val_mean"] - y["val_mean"], se
+
+
+def verdict(d, want_negative=True):
+  """yes / no / not shown for a difference (bits/byte; negative = the first arm is better)."""
+  if d is None:
+    return "not run", ""
+  mean, se = d
+  if math.isnan(se):
+    return "not shown", f"{mean:+.4f} (one seed)"
+  z = -mean / se if want_negative else mean / se
+  word = "yes" if z > 2 else ("no" if z < -2 else "not shown")
+  return word, f"{mean:+.4f} ± {se:.4f} (z = {z:.1f})"
+
+
+def claims(summary) -> list[tuple[str, str, str]]:
+  """(claim, verdict, evidence) for the paper's claims."""
+  out = []
+  gain = {p: _diff(summary, f"full-{p}", "full") for p in ("gravity", "tagging", "power_law")}
+  gain["wells"] = _diff(summary, "+power_law", "full")
+  total = _diff(summary, "ban", "full")
+  if total is not None and all(g is not None for g in gain.values()):
+    parts = sum(g[0] for g in gain.values())
+    se = math.sqrt(total[1] ** 2 + sum(g[1] ** 2 for g in gain.values()))
+    # With parts a, b and an interaction I, full's gain over ban is a + b + I while the
+    # leave-one-out gains sum to a + b + 2I: their excess over the total is the interaction,
+    # positive when the parts help more together than apart (superadditive).
+    word, excess = verdict((parts - total[0], se), want_negative=False)
+    out.append(("The attention and training levels together are superadditive", word,
+                f"full's gain over ban {total[0]:+.4f}; leave-one-out gains sum to "
+                f"{parts:+.4f}; interaction {excess}"))
+  else:
+    out.append(("The attention and training levels together are superadditive", "not run", ""))
+  small = min(("ban", "full"), key=lambda a: summary.get(a, {}).get("val_mean", math.inf))
+  out.append((f"A small BAN ({small}) beats a larger transformer (transformer_2x)",
+              *verdict(_diff(summary, small, "transformer_2x"))))
+  out.append(("Gravity Wells help (full vs full minus wells, equal FLOPs)",
+              *verdict(_diff(summary, "full", "+power_law"))))
+  out.append(("Gravity attention helps the BAN (ban+gravity vs ban)",
+              *verdict(_diff(summary, "ban+gravity", "ban"))))
+  out.append(("Context tagging helps (+tagging vs ban+gravity)",
+              *verdict(_diff(summary, "+tagging", "ban+gravity"))))
+  out.append(("The power-law field helps (+power_law vs +tagging)",
+              *verdict(_diff(summary, "+power_law", "+tagging"))))
+  out.append(("The full system beats the transformer at equal FLOPs",
+              *verdict(_diff(summary, "full", "transformer"))))
+  return out
+
+
+def table(summary) -> str:
+  lines = ["| arm | params | steps | best lr | seeds | val bits/byte | held-out bits/byte | "
+           "gzip (same bytes) | tokens/s | train FLOPs |", "|" + "---|" * 10]
+  for arm, s in summary.items():
+    lines.append(
+        f"| {arm} | {s['params']:,} | {s['steps']} | {s['lr']:g} | {s['seeds']} | "
+        f"{s['val_mean']:.4f} ± {s['val_std']:.4f} | {s['heldout_mean']:.4f} ± "
+        f"{s['heldout_std']:.4f} | {s['gzip'] or float('nan'):.3f} | {s['tokens_per_sec']:,.0f} | "
+        f"{s['train_flops']:.3g} |")
+  return "\n".join(lines)
+
+
+def chart(summary, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  arms = list(summary)
+  fig, ax = plt.subplots(figsize=(9, 4))
+  means = [summary[a]["val_mean"] for a in arms]
+  stds = [0 if math.isnan(summary[a]["val_std"]) else summary[a]["val_std"] for a in arms]
+  ax.bar(arms, means, yerr=stds, capsize=3, color=["#888" if a.startswith("transformer") else
+                                                   "#4a7" for a in arms])
+  gzip = [summary[a]["gzip"] for a in arms if summary[a]["gzip"]]
+  if gzip:
+    ax.axhline(gzip[0], color="k", ls="--", lw=1, label="gzip -9 of the same bytes")
+    ax.legend()
+  lo = min(means) - 3 * max(stds + [0.01])
+  ax.set_ylim(lo, max(means) + 3 * max(stds + [0.01]))
+  ax.set_ylabel("validation bits/byte (mean ± std)")
+  ax.set_title("Ablation at equal training FLOPs")
+  plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+
+
+def report(results: dict, json_path: str, scale: str = "cpu"):
+  summary = summarize(results, scale)
+  if not summary:
+    print("[ablation] no finished runs yet")
+    return
+  chart(summary, json_path.replace(".json", ".png"))
+  text = table(summary)
+  verdicts = claims(summary)
+  print(text)
+  for claim, word, evidence in verdicts:
+    print(f"- {claim}: {word} {evidence}")
+  runs = [r for r in results["runs"] if r["scale"] == scale]
+  flops = [r["train_flops"] for r in runs]
+  spread = (max(flops) / min(flops) - 1) if flops else float("nan")
+  with open(RESULTS_MD, "w") as f:
+    f.write(f"""# Results: the Information Gravity system, mechanism by mechanism
+
+Written by `python bench/ablation.py --report_only` from `bench/results/ablation.json`
+({len(runs)} finished runs at `--scale={scale}`; the largest spread of training FLOPs between
+runs is {spread:.1%}). Each arm's learning rate is the best of a 3-value sweep at seed 0;
+mean ± std over the seeds trained at that rate. Lower bits/byte is better. A verdict is "yes"
+or "no" only where the difference exceeds twice its standard error; with one seed it is "not
+shown".
+
+{text}
+
+![ablation](../bench/results/ablation.png)
+
+| claim | verdict | evidence (bits/byte, negative = first arm better) |
+|---|---|---|
+""")
+    for claim, word, evidence in verdicts:
+      f.write(f"| {claim} | {word} | {evidence} |\n")
+  print(f"wrote {RESULTS_MD}")

@@ -1,0 +1,55 @@
+"""bench/ablation.py: every arm is a valid config; the report's verdicts follow the numbers."""
+
+import math
+
+import pytest
+
+from ban_jax import config_validation
+from bench import ablation
+from bench import ablation_report
+
+
+@pytest.mark.parametrize("arm", list(ablation.ARMS))
+def test_every_arm_is_a_valid_config_with_its_mechanisms(arm):
+  c = ablation.config_for(arm, ablation.SCALES["cpu"], steps=100, lr=1e-3, seed=0)
+  config_validation.validate(c)
+  full = not arm.startswith(("transformer", "ban"))
+  if arm in ("full", "full-gravity", "full-tagging", "full-power_law"):
+    assert c.wells.mode == "wells"
+  else:
+    assert c.wells.mode == "off"
+  if full and arm != "full-gravity":
+    assert c.model.attention == "gravity"
+  assert c.model.name == ("transformer" if arm.startswith("transformer") else "ban")
+
+
+def _runs(values: dict[str, list[float]], lr=1e-3):
+  return {"runs": [dict(arm=arm, scale="cpu", lr=lr, seed=s, val_bpb=v, heldout_bpb=v + 1,
+                        val_gzip_bpb=3.0, params=1000, steps=100, train_flops=1e9,
+                        tokens_trained=1000, tokens_per_sec=100.0)
+                   for arm, vs in values.items() for s, v in enumerate(vs)]}
+
+
+def test_verdicts_follow_the_numbers():
+  noise = [0.0, 0.01, -0.01]
+  base = {"transformer": 2.9, "transformer_2x": 2.85, "ban": 2.8, "ban+gravity": 2.75,
+          "+tagging": 2.7, "+power_law": 2.65, "full": 2.6, "full-gravity": 2.7,
+          "full-tagging": 2.7, "full-power_law": 2.7}
+  summary = ablation_report.summarize(_runs({a: [v + n for n in noise] for a, v in base.items()}))
+  verdicts = {claim: verdict for claim, verdict, _ in ablation_report.claims(summary)}
+  # Leave-one-out gains 0.1 + 0.1 + 0.1 + 0.05 = 0.35 exceed full's 0.2 gain over ban.
+  assert verdicts["The attention and training levels together are superadditive"] == "yes"
+  assert verdicts["Gravity Wells help (full vs full minus wells, equal FLOPs)"] == "yes"
+  assert verdicts["A small BAN (full) beats a larger transformer (transformer_2x)"] == "yes"
+  worse = dict(base, full=2.7)   # wells now hurt: full is worse than +power_law
+  summary = ablation_report.summarize(_runs({a: [v + n for n in noise] for a, v in worse.items()}))
+  verdicts = {claim: verdict for claim, verdict, _ in ablation_report.claims(summary)}
+  assert verdicts["Gravity Wells help (full vs full minus wells, equal FLOPs)"] == "no"
+
+
+def test_one_seed_is_not_shown_and_the_best_rate_is_chosen():
+  runs = _runs({"ban": [2.8]}, lr=1e-3)["runs"] + _runs({"ban": [2.7]}, lr=3e-3)["runs"]
+  summary = ablation_report.summarize({"runs": runs})
+  assert summary["ban"]["lr"] == 3e-3 and math.isnan(summary["ban"]["val_std"])
+  verdict, _ = ablation_report.verdict((-0.1, float("nan")))
+  assert verdict == "not shown"
