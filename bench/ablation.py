@@ -138,6 +138,19 @@ def _read_jsonl(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
+def grad_evals(records) -> float:
+  """Gradient evaluations of a run: each logged interval's mean per step times its length.
+
+  A resumed run logs again the steps after its last checkpoint: the later record of a step wins.
+  """
+  by_step = {r["step"]: r for r in records if "train/loss" in r}
+  total, last = 0.0, 0
+  for step in sorted(by_step):
+    total += by_step[step].get("train/grad_evals", 1.0) * (step - last)
+    last = step
+  return total
+
+
 def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline):
   """Trains one run through the CLI; returns its record, or None if the deadline cut it."""
   workdir = os.path.join(_WORKDIR.value, scale_name, f"{arm}_lr{lr:g}_s{seed}")
@@ -160,7 +173,7 @@ def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline)
   with open(os.path.join(workdir, "final_metrics.json")) as f:
     final = json.load(f)
   records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  evals = sum(r.get("train/grad_evals", 1.0) * 10 for r in records if "train/loss" in r)
+  evals = grad_evals(records)
   rates = [r["perf/tokens_per_sec"] for r in records if "perf/tokens_per_sec" in r][1:]
   tokens = steps * scale["batch"] * scale["seq_len"]
   return {

@@ -16,14 +16,20 @@ def _atomic_save(fig, path: str):
 
 def loss_curve(records: list[dict], path: str, *, steps_per_epoch: int | None = None,
                title: str = ""):
-  """Train and eval bits/byte against step, epoch boundaries dashed."""
+  """Train and eval bits/byte against step, gzip's level on the same bytes, epochs dotted."""
   fig, ax = plt.subplots(figsize=(7, 4))
   for key, label, style in (("train/bits_per_byte", "train", "-"),
                             ("eval/bits_per_byte", "validation", "o-"),
                             ("heldout/bits_per_byte", "held-out text", "s--")):
     pts = [(r["step"], r[key]) for r in records if key in r]
     if pts:
-      ax.plot(*zip(*pts), style, label=label, ms=3, lw=1)
+      line, = ax.plot(*zip(*pts), style, label=label, ms=3, lw=1)
+      # The compressor yardstick is the same at every eval: one line at its level.
+      gzip = [r[key.replace("/bits", "/gzip_bits")] for r in records
+              if key.replace("/bits", "/gzip_bits") in r]
+      if gzip:
+        ax.axhline(gzip[-1], color=line.get_color(), ls=(0, (1, 3)), lw=1,
+                   label=f"gzip -9, {label} bytes")
   if steps_per_epoch:
     last = max((r["step"] for r in records), default=0)
     for b in range(steps_per_epoch, last + 1, steps_per_epoch):
