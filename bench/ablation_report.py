@@ -26,11 +26,16 @@ def summarize(results: dict, scale: str = "cpu") -> dict[str, dict]:
       continue
     sweep = {r["lr"]: r["val_bpb"] for r in mine if r["seed"] == 0}
     best = min(sweep, key=sweep.get)
-    chosen = [r for r in mine if r["lr"] == best]
+    chosen = [r for r in mine if r["lr"] == best and not r.get("diverged")]
+    if not chosen:
+      continue
     val = np.array([r["val_bpb"] for r in chosen])
     held = np.array([r["heldout_bpb"] for r in chosen if r.get("heldout_bpb") is not None])
+    rates = sorted(sweep)
     out[arm] = {
         "lr": best, "seeds": len(chosen), "sweep": sweep,
+        # The best rate at the end of the grid means the sweep may not have found the optimum.
+        "lr_at_edge": len(rates) > 1 and best in (rates[0], rates[-1]),
         "val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)) if len(val) > 1 else
         float("nan"),
         "heldout_mean": float(held.mean()) if len(held) else float("nan"),
@@ -45,15 +50,23 @@ def summarize(results: dict, scale: str = "cpu") -> dict[str, dict]:
   return out
 
 
-def _diff(summary, a, b):
-  """(mean of a − b, its standard error), None if either arm is missing or has one seed."""
-  if a not in summary or b not in summary:
+def _combination(summary, weights: dict[str, float]):
+  """(Σ w·mean, its standard error) over arms trained independently; None if one is missing.
+
+  The error is nan when an arm has a single seed (its spread is unknown).
+  """
+  if any(a not in summary for a in weights):
     return None
-  x, y = summary[a], summary[b]
-  if x["seeds"] < 2 or y["seeds"] < 2:
-    return x["val_mean"] - y["val_mean"], float("nan")
-  se = math.sqrt(x["val_std"] ** 2 / x["seeds"] + y["val_std"] ** 2 / y["seeds"])
-  return x["val_mean"] - y["val_mean"], se
+  mean = sum(w * summary[a]["val_mean"] for a, w in weights.items())
+  if any(summary[a]["seeds"] < 2 for a in weights):
+    return mean, float("nan")
+  var = sum(w * w * summary[a]["val_std"] ** 2 / summary[a]["seeds"] for a, w in weights.items())
+  return mean, math.sqrt(var)
+
+
+def _diff(summary, a, b):
+  """(mean of a − b, its standard error), None if either arm is missing."""
+  return _combination(summary, {a: 1.0, b: -1.0})
 
 
 def verdict(d, want_negative=True):
@@ -63,6 +76,8 @@ def verdict(d, want_negative=True):
   mean, se = d
   if math.isnan(se):
     return "not shown", f"{mean:+.4f} (one seed)"
+  if se == 0:
+    return "not shown", f"{mean:+.4f} (no spread between seeds)"
   z = -mean / se if want_negative else mean / se
   word = "yes" if z > 2 else ("no" if z < -2 else "not shown")
   return word, f"{mean:+.4f} ± {se:.4f} (z = {z:.1f})"
@@ -71,26 +86,29 @@ def verdict(d, want_negative=True):
 def claims(summary) -> list[tuple[str, str, str]]:
   """(claim, verdict, evidence) for the paper's claims."""
   out = []
-  gain = {p: _diff(summary, f"full-{p}", "full") for p in ("gravity", "tagging", "power_law")}
-  gain["wells"] = _diff(summary, "+power_law", "full")
+  # With parts a, b and an interaction I, full's gain over ban is a + b + I while the
+  # leave-one-out gains sum to a + b + 2I: their excess over the total is the interaction,
+  # positive when the parts help more together than apart (superadditive). As a combination of
+  # arms: Σ_p (full−p) − 4·full − (ban − full) = Σ_p (full−p) − 3·full − ban, whose error
+  # counts the full arm once with its weight.
+  leave_one_out = ("full-gravity", "full-tagging", "full-power_law", "+power_law")
+  interaction = _combination(summary, {**{a: 1.0 for a in leave_one_out}, "full": -3.0,
+                                       "ban": -1.0})
   total = _diff(summary, "ban", "full")
-  if total is not None and all(g is not None for g in gain.values()):
-    parts = sum(g[0] for g in gain.values())
-    se = math.sqrt(total[1] ** 2 + sum(g[1] ** 2 for g in gain.values()))
-    # With parts a, b and an interaction I, full's gain over ban is a + b + I while the
-    # leave-one-out gains sum to a + b + 2I: their excess over the total is the interaction,
-    # positive when the parts help more together than apart (superadditive).
-    word, excess = verdict((parts - total[0], se), want_negative=False)
+  if interaction is not None:
+    word, excess = verdict(interaction, want_negative=False)
     out.append(("The attention and training levels together are superadditive", word,
-                f"full's gain over ban {total[0]:+.4f}; leave-one-out gains sum to "
-                f"{parts:+.4f}; interaction {excess}"))
+                f"full's gain over ban {total[0]:+.4f}; interaction (leave-one-out gains "
+                f"minus that) {excess}"))
   else:
     out.append(("The attention and training levels together are superadditive", "not run", ""))
-  small = min(("ban", "full"), key=lambda a: summary.get(a, {}).get("val_mean", math.inf))
-  out.append((f"A small BAN ({small}) beats a larger transformer (transformer_2x)",
-              *verdict(_diff(summary, small, "transformer_2x"))))
-  out.append(("Gravity Wells help (full vs full minus wells, equal FLOPs)",
-              *verdict(_diff(summary, "full", "+power_law"))))
+  out.append(("A small BAN (the full system) beats a transformer with 2x the parameters",
+              *verdict(_diff(summary, "full", "transformer_2x"))))
+  word, evidence = verdict(_diff(summary, "full", "+power_law"))
+  if "full" in summary and "+power_law" in summary:
+    ratio = summary["full"]["train_flops"] / summary["+power_law"]["train_flops"]
+    evidence += f"; wells used {ratio:.3f}x the FLOPs of no wells"
+  out.append(("Gravity Wells help (full vs full minus wells, equal FLOPs)", word, evidence))
   out.append(("Gravity attention helps the BAN (ban+gravity vs ban)",
               *verdict(_diff(summary, "ban+gravity", "ban"))))
   out.append(("Context tagging helps (+tagging vs ban+gravity)",
@@ -107,7 +125,8 @@ def table(summary) -> str:
            "gzip (same bytes) | tokens/s | train FLOPs |", "|" + "---|" * 10]
   for arm, s in summary.items():
     lines.append(
-        f"| {arm} | {s['params']:,} | {s['steps']} | {s['lr']:g} | {s['seeds']} | "
+        f"| {arm} | {s['params']:,} | {s['steps']} | {s['lr']:g}{'*' if s['lr_at_edge'] else ''}"
+        f" | {s['seeds']} | "
         f"{s['val_mean']:.4f} ± {s['val_std']:.4f} | {s['heldout_mean']:.4f} ± "
         f"{s['heldout_std']:.4f} | {s['gzip'] or float('nan'):.3f} | {s['tokens_per_sec']:,.0f} | "
         f"{s['train_flops']:.3g} |")
@@ -149,7 +168,7 @@ def report(results: dict, json_path: str, scale: str = "cpu"):
   for claim, word, evidence in verdicts:
     print(f"- {claim}: {word} {evidence}")
   runs = [r for r in results["runs"] if r["scale"] == scale]
-  flops = [r["train_flops"] for r in runs]
+  flops = [r["train_flops"] for r in runs if not r.get("diverged")]
   spread = (max(flops) / min(flops) - 1) if flops else float("nan")
   with open(RESULTS_MD, "w") as f:
     f.write(f"""# Results: the Information Gravity system, mechanism by mechanism
@@ -157,7 +176,8 @@ def report(results: dict, json_path: str, scale: str = "cpu"):
 Written by `python bench/ablation.py --report_only` from `bench/results/ablation.json`
 ({len(runs)} finished runs at `--scale={scale}`; the largest spread of training FLOPs between
 runs is {spread:.1%}). Each arm's learning rate is the best of a 3-value sweep at seed 0;
-mean ± std over the seeds trained at that rate. Lower bits/byte is better. A verdict is "yes"
+mean ± std over the seeds trained at that rate (seed 0 included, the run that chose the rate;
+a `*` marks a best rate at the edge of the grid). Lower bits/byte is better. A verdict is "yes"
 or "no" only where the difference exceeds twice its standard error; with one seed it is "not
 shown".
 

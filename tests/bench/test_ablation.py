@@ -40,7 +40,7 @@ def test_verdicts_follow_the_numbers():
   # Leave-one-out gains 0.1 + 0.1 + 0.1 + 0.05 = 0.35 exceed full's 0.2 gain over ban.
   assert verdicts["The attention and training levels together are superadditive"] == "yes"
   assert verdicts["Gravity Wells help (full vs full minus wells, equal FLOPs)"] == "yes"
-  assert verdicts["A small BAN (full) beats a larger transformer (transformer_2x)"] == "yes"
+  assert verdicts["A small BAN (the full system) beats a transformer with 2x the parameters"] == "yes"
   worse = dict(base, full=2.7)   # wells now hurt: full is worse than +power_law
   summary = ablation_report.summarize(_runs({a: [v + n for n in noise] for a, v in worse.items()}))
   verdicts = {claim: verdict for claim, verdict, _ in ablation_report.claims(summary)}
@@ -49,7 +49,9 @@ def test_verdicts_follow_the_numbers():
 
 def test_one_seed_is_not_shown_and_the_best_rate_is_chosen():
   runs = _runs({"ban": [2.8]}, lr=1e-3)["runs"] + _runs({"ban": [2.7]}, lr=3e-3)["runs"]
+  runs.append(dict(runs[0], lr=1e-2, val_bpb=float("inf"), diverged=True))
   summary = ablation_report.summarize({"runs": runs})
   assert summary["ban"]["lr"] == 3e-3 and math.isnan(summary["ban"]["val_std"])
+  assert not summary["ban"]["lr_at_edge"]
   verdict, _ = ablation_report.verdict((-0.1, float("nan")))
   assert verdict == "not shown"
