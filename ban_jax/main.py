@@ -63,8 +63,10 @@ def _workdir(config) -> str:
   """--workdir, else runs/<preset> under the current folder; logs which, and whether it resumes."""
   workdir = _WORKDIR.value or os.path.join("runs", config.get("preset", "run"))
   checkpoints = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) if os.path.isdir(
-      checkpoints) else []
+  try:
+    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+  except OSError:  # no checkpoints yet; an unreadable folder fails later with a clear error
+    steps = []
   state = f"resuming from its checkpoint at step {steps[-1]}" if steps else "a new run"
   logging.info("workdir %s: %s", os.path.abspath(workdir), state)
   return workdir

@@ -112,11 +112,12 @@ def flops_per_step(arm: str, scale: dict) -> tuple[float, int]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from ban_jax.training import budget  # pylint: disable=g-import-not-at-top
   from ban_jax.training import setup  # pylint: disable=g-import-not-at-top
   c = config_for(arm, scale, steps=1000, lr=1e-3, seed=0)
   plan = setup.build(c, 259, mesh_lib.make_mesh(c.mesh), token_bytes=jnp.ones([259]))
   params = setup.count_params(plan.abstract.params)
-  flops, source = setup.train_step_flops(plan, c, params)
+  flops, source = budget.train_step_flops(plan, c, params)
   if not source.startswith("XLA"):
     # Backends that only count compiled code (GPU): compile the step once to count it.
     from ban_jax.models import flops as flops_lib  # pylint: disable=g-import-not-at-top

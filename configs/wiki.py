@@ -18,12 +18,13 @@ Presets (`--config=configs/wiki.py:PRESET`; no preset means `default`):
 Any field can be overridden on the command line, e.g. `--config.train.steps=2000`.
 """
 
+import os
+
 from absl import logging
 import ml_collections
 
 PRESETS = ("default", "ban", "transformer", "wikipedia", "smoke", "tiny")
 ALIASES = {"baseline": "transformer"}   # old name -> preset
-_said = set()
 
 # The wikipedia preset's training tokens: about 20 per parameter of the ~5M-parameter default
 # (the compute-optimal ratio of Hoffmann et al., 2022), well under one epoch of English
@@ -31,12 +32,28 @@ _said = set()
 WIKIPEDIA_TOKENS = 100_000_000
 
 
+HELDOUT_FILE = "wikitext2_valid.txt"
+HELDOUT_DIR_ENV = "BAN_JAX_HELDOUT_DIR"
+
+
+def heldout_default() -> str:
+  """WikiText-2's validation text for the held-out evaluation, or "" (skipped) if absent.
+
+  From the folder named by $BAN_JAX_HELDOUT_DIR, else the shared data folder beside this
+  checkout (../shared/data).
+  """
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  folder = os.environ.get(HELDOUT_DIR_ENV) or os.path.join(repo, "..", "shared", "data")
+  path = os.path.normpath(os.path.join(folder, HELDOUT_FILE))
+  return path if os.path.exists(path) else ""
+
+
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   """Returns the config of `preset` (one of PRESETS, or an alias in ALIASES)."""
   if preset in ALIASES:
-    if preset not in _said:
-      _said.add(preset)
-      logging.warning("preset %r is now called %r; using it.", preset, ALIASES[preset])
+    # The CLI loads this file twice (its own checks, then ml_collections): say it once.
+    logging.log_first_n(logging.WARNING, "preset %r is now called %r; using it.", 1, preset,
+                        ALIASES[preset])
     preset = ALIASES[preset]
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r} for configs/wiki.py; choose one of {PRESETS}, "
@@ -101,7 +118,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.eval.every_steps = 1_000
   c.eval.batch_size = 64
   c.eval.max_batches = 0             # 0 = the whole validation split
-  c.eval.heldout_path = "auto"       # auto = ../shared/data/wikitext2_valid.txt if present; "" = off
+  c.eval.heldout_path = heldout_default()  # a text file; "" = no held-out evaluation
   c.eval.heldout_max_batches = 0
   c.eval.sample_prompt = "The history of "
   c.eval.sample_length = 256

@@ -1,5 +1,7 @@
 """configs/wiki.py: every preset validates and builds; the default is the paper's full system."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -39,11 +41,24 @@ def test_baseline_is_an_alias_of_transformer():
 
 @pytest.mark.parametrize("preset", ["default", "ban", "transformer"])
 def test_bundled_presets_plan_at_most_four_epochs(preset, tfds_dir, cache_dir):
+  from ban_jax.training import budget  # pylint: disable=g-import-not-at-top
   from ban_jax.training import setup  # pylint: disable=g-import-not-at-top
   config = wiki.get_config(preset)
   config.data.tfds_data_dir = tfds_dir
   config.data.cache_dir = cache_dir
   config.eval.heldout_path = ""
   data = setup.build_data(config)
-  epochs = setup.planned_epochs(config, len(data.train.split.windows))
+  epochs = budget.planned_epochs(config, len(data.train.split.windows))
   assert 1 <= epochs <= 4, (preset, epochs, data.train.steps_per_epoch)
+
+
+def test_heldout_default_reads_the_env_folder_then_beside_the_checkout(tmp_path, monkeypatch):
+  monkeypatch.setenv(wiki.HELDOUT_DIR_ENV, str(tmp_path))
+  assert wiki.heldout_default() == ""                 # no file there: no held-out evaluation
+  (tmp_path / wiki.HELDOUT_FILE).write_text("held-out text")
+  assert wiki.heldout_default() == str(tmp_path / wiki.HELDOUT_FILE)
+  assert wiki.get_config("smoke").eval.heldout_path == str(tmp_path / wiki.HELDOUT_FILE)
+  monkeypatch.delenv(wiki.HELDOUT_DIR_ENV)
+  beside = os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "..", "shared", "data", wiki.HELDOUT_FILE))
+  assert wiki.heldout_default() == (beside if os.path.exists(beside) else "")

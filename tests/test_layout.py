@@ -135,6 +135,14 @@ def test_submodules_do_not_import_their_package_init():
   assert not bad, bad
 
 
+def test_gravity_backends_do_not_import_each_other():
+  backends = [f"{PACKAGE}.ops.gravity.{b}" for b in ("xla", "triton", "mosaic")]
+  graph = import_graph()
+  bad = sorted(f"{b} -> {e}" for b in backends for e in graph.get(b, ()) if e in backends)
+  assert not bad, bad
+  assert all(b in graph for b in backends), "a gravity backend module moved: update this test"
+
+
 def test_ops_import_no_higher_layer():
   higher = tuple(f"{PACKAGE}.{p}" for p in ("layers", "models", "training", "data", "errors",
                                           "main", "config_validation"))

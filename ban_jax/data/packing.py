@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ban_jax.data.tokenizer import BOS, EOS
 
 
 def document_lengths(docs: Sequence[np.ndarray] | Callable[[], Sequence[int]], cache_key: str,
@@ -119,6 +118,6 @@ class PackedWindows:
     }
 
 
-def frame(tokens: np.ndarray) -> np.ndarray:
-  """[n] -> [n + 2]: a document between BOS and EOS."""
-  return np.concatenate([[BOS], tokens, [EOS]]).astype(np.int32)
+def frame(tokens: np.ndarray, bos_id: int, eos_id: int) -> np.ndarray:
+  """[n] -> [n + 2]: a document between its tokenizer's BOS and EOS."""
+  return np.concatenate([[bos_id], tokens, [eos_id]]).astype(np.int32)

@@ -48,7 +48,8 @@ def _scan(source, chunk: int = 1024):
 
 def _tokenized(source, tokenizer, text_key):
   return grain.MapDataset.source(source).map(
-      lambda example: packing.frame(tokenizer.encode(_text(example, text_key))))
+      lambda example: packing.frame(tokenizer.encode(_text(example, text_key)),
+                                    tokenizer.bos_id, tokenizer.eos_id))
 
 
 def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> Split:
@@ -77,7 +78,7 @@ def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> 
 
 def text_split(text: bytes, tokenizer, seq_len: int) -> Split:
   """A held-out text file as one document, packed like the splits."""
-  doc = packing.frame(tokenizer.encode(text))
+  doc = packing.frame(tokenizer.encode(text), tokenizer.bos_id, tokenizer.eos_id)
   windows = packing.PackedWindows([doc], np.array([len(doc)]), seq_len, preload=True)
   return Split(windows=windows, num_documents=1)
 

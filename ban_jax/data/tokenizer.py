@@ -60,7 +60,7 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
-  """A SentencePiece model whose pad/bos/eos ids are 0/1/2, as the byte tokenizer's."""
+  """A SentencePiece model with BOS and EOS pieces (their ids are the model's own)."""
 
   def __init__(self, model_path: str):
     try:
@@ -71,9 +71,9 @@ class SentencePieceTokenizer:
       raise UserError(f"SentencePiece model {model_path} does not exist; train one with "
                       "ban_jax.data.tokenizer.train_sentencepiece or set data.tokenizer='bytes'.")
     self._sp = spm.SentencePieceProcessor(model_file=model_path)
-    if (self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()) != (PAD, BOS, EOS):
-      raise UserError(f"SentencePiece model {model_path} must have pad/bos/eos ids 0/1/2; "
-                      "train it with ban_jax.data.tokenizer.train_sentencepiece.")
+    if self._sp.bos_id() < 0 or self._sp.eos_id() < 0:
+      raise UserError(f"SentencePiece model {model_path} has no BOS or EOS piece, which frame "
+                      "every document; train it with ban_jax.data.tokenizer.train_sentencepiece.")
     self.vocab_size = self._sp.get_piece_size()
     self.name = f"spm{self.vocab_size}-{os.path.getsize(model_path)}"
     self._piece_bytes = [self._piece_bytes_of(i) for i in range(self.vocab_size)]
@@ -101,7 +101,7 @@ class SentencePieceTokenizer:
     return np.asarray(self._sp.encode(text), np.int32)
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._sp.decode([int(i) for i in ids if int(i) > EOS])
+    return self._sp.decode([int(i) for i in ids if not self._sp.is_control(int(i))])
 
   def to_bytes(self, ids) -> bytes:
     """int [n] -> the pieces' UTF-8 bytes in order, byte pieces as their byte; specials and

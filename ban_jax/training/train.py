@@ -12,6 +12,7 @@ import numpy as np
 from ban_jax import config_validation
 from ban_jax.errors import UserError
 from ban_jax.parallel import mesh as mesh_lib
+from ban_jax.training import budget
 from ban_jax.training import checkpoints
 from ban_jax.training import evaluate
 from ban_jax.training import queue as queue_lib
@@ -25,7 +26,7 @@ from ban_jax.training import writers
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns final metrics."""
   # Everything that can fail on bad input runs before the workdir is touched.
-  config_validation.validate(config)
+  model_config = config_validation.validate(config)
   workdir = workdir_lib.check(workdir)
   workdir_lib.check_resumable(workdir, config)
   mesh = setup.make_mesh(config)
@@ -35,7 +36,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   strategy = selection.from_config(config.wells, num_examples=len(data.train.split.windows),
                                    steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   plan = setup.build(config, data.tokenizer.vocab_size, mesh, strategy=strategy,
-                     token_bytes=jnp.asarray(data.tokenizer.token_bytes, jnp.float32))
+                     token_bytes=jnp.asarray(data.tokenizer.token_bytes, jnp.float32),
+                     model_config=model_config)
   workdir_lib.prepare(workdir)
 
   ckpt = checkpoints.Checkpointer(
@@ -49,10 +51,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_lib.save_config(workdir, config)
   num_params = setup.count_params(plan.abstract.params)
   logging.info("model %s: %s parameters", config.model.name, f"{num_params:,}")
-  flops, flops_source = setup.train_step_flops(plan, config, num_params)
-  run_plan = setup.plan_summary(config, len(data.train.split.windows), num_params=num_params,
-                                flops_per_step=flops, flops_source=flops_source)
-  setup.log_plan(run_plan)
+  run_plan = budget.announce(plan, config, strategy, len(data.train.split.windows), num_params)
   if jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(workdir, "plan.json"), run_plan)
 

@@ -8,7 +8,8 @@ from ban_jax.data.tokenizer import BOS, EOS
 
 
 def _docs(rng, n):
-  return [packing.frame(rng.integers(3, 259, size=rng.integers(0, 90)).astype(np.int32))
+  return [packing.frame(rng.integers(3, 259, size=rng.integers(0, 90)).astype(np.int32),
+                        BOS, EOS)
           for _ in range(n)]
 
 
@@ -42,7 +43,9 @@ def test_windows_tile_the_stream_with_correct_segments(preload):
 
 
 def test_frame():
-  np.testing.assert_array_equal(packing.frame(np.array([7, 8], np.int32)), [BOS, 7, 8, EOS])
+  np.testing.assert_array_equal(packing.frame(np.array([7, 8], np.int32), BOS, EOS),
+                                [BOS, 7, 8, EOS])
+  np.testing.assert_array_equal(packing.frame(np.array([7], np.int32), 5, 6), [5, 7, 6])
 
 
 def test_document_lengths_cache(tmp_path):

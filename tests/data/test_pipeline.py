@@ -6,12 +6,14 @@ import pytest
 
 from ban_jax.data import packing
 from ban_jax.data import pipeline
+from ban_jax.data.tokenizer import BOS, EOS
 from ban_jax.errors import UserError
 
 
 def _split(num_docs=30, seq_len=16, seed=0):
   rng = np.random.default_rng(seed)
-  docs = [packing.frame(rng.integers(3, 259, size=rng.integers(10, 80)).astype(np.int32))
+  docs = [packing.frame(rng.integers(3, 259, size=rng.integers(10, 80)).astype(np.int32),
+                        BOS, EOS)
           for _ in range(num_docs)]
   windows = packing.PackedWindows(docs, np.array([len(d) for d in docs]), seq_len, preload=True)
   return pipeline.Split(windows=windows, num_documents=num_docs)

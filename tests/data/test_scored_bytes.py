@@ -12,7 +12,7 @@ DOCS = [b"The history of gravity. " * 7, "caf\u00e9 na\u00efve \u4e2d\u6587 ".en
 
 
 def _split(tok, seq_len):
-  docs = [packing.frame(tok.encode(d)) for d in DOCS]
+  docs = [packing.frame(tok.encode(d), tok.bos_id, tok.eos_id) for d in DOCS]
   return pipeline.Split(packing.PackedWindows(docs, np.array([len(d) for d in docs]), seq_len,
                                               preload=True), len(docs))
 

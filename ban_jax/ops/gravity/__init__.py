@@ -38,8 +38,10 @@ Implementations (`implementation=`), one module each:
   or `mask` run "xla" instead.
 - "auto": the best available; "xla" for now (see `_auto_implementation`).
 
-Module layout (imports run one way): this package → {xla, pallas} → {triton, mosaic} →
-pallas_common → canonical (argument validation and the canonical form all of them take).
+Module layout (imports run one way): this package → {canonical, xla, pallas}; xla → canonical
+(argument validation and the canonical form); pallas → {canonical, triton, mosaic}; triton and
+mosaic → pallas_common (what the two kernel families share). The backends never import each
+other.
 
 Positional fields are passed as parameters (`power_law`, `alibi_slopes`) and evaluated per
 block from `positions`; a materialised `bias` (and `mask`) is accepted as the generic fallback,

@@ -1,31 +1,18 @@
-"""A run states its plan before training, and every eval reports compressor yardsticks."""
+"""training/budget.py: a run states its plan (epochs, extra updates, FLOPs) before training."""
 
 import json
 import logging
-import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ban_jax.data import pipeline
 from ban_jax.data import yardsticks
-from ban_jax.training import evaluate
+from ban_jax.training import budget
 from ban_jax.training import setup
-from ban_jax.training import steps
 from ban_jax.training import train
 
 COMPRESSORS = ("gzip", "bz2", "xz")
-
-
-def _decoded(split, batch_size, max_batches):
-  """Scored bytes decoded here, without the tokenizer: byte ids are 3 + the byte."""
-  out = bytearray()
-  for batch in pipeline.eval_batches(split, batch_size, max_batches):
-    out += (batch["targets"][batch["weights"] > 0] - 3).astype(np.uint8).tobytes()
-  return bytes(out)
-
 
 def _plan_records(caplog):
   return [r for r in caplog.records if r.getMessage().startswith("plan: ")]
@@ -35,6 +22,13 @@ def _warnings(caplog):
   return [r for r in caplog.records
           if r.levelno == logging.WARNING and "passes over the training data" in r.getMessage()]
 
+
+def _decoded(split, batch_size, max_batches):
+  """Scored bytes decoded here, without the tokenizer: byte ids are 3 + the byte."""
+  out = bytearray()
+  for batch in pipeline.eval_batches(split, batch_size, max_batches):
+    out += (batch["targets"][batch["weights"] > 0] - 3).astype(np.uint8).tobytes()
+  return bytes(out)
 
 def test_tiny_run_logs_plan_and_reports_yardsticks(tiny_config, tmp_path, caplog):
   config = tiny_config(train__steps=6, optimizer__warmup_steps=1, eval__every_steps=6,
@@ -52,7 +46,7 @@ def test_tiny_run_logs_plan_and_reports_yardsticks(tiny_config, tmp_path, caplog
     saved = json.load(f)
   data = setup.build_data(config)
   windows = len(data.train.split.windows)
-  assert saved["planned_epochs"] == pytest.approx(setup.planned_epochs(config, windows))
+  assert saved["planned_epochs"] == pytest.approx(budget.planned_epochs(config, windows))
   assert saved["tokens_per_epoch"] == data.train.steps_per_epoch * 8 * 64
   assert saved["num_params"] == final["num_params"]
   assert saved["flops_per_step"] > 6 * saved["num_params"] * 8 * 64 * 0.5
@@ -67,42 +61,16 @@ def test_tiny_run_logs_plan_and_reports_yardsticks(tiny_config, tmp_path, caplog
       assert 0 < final[f"{prefix}/{name}_bits_per_byte"] < 8
 
 
-def test_yardstick_bytes_are_the_bytes_eval_step_scores(tiny_config):
-  config = tiny_config(eval__max_batches=3)
-  data = setup.build_data(config)
-  mesh = setup.make_mesh(config)
-  token_bytes = jnp.asarray(data.tokenizer.token_bytes, jnp.float32)
-  plan = setup.build(config, data.tokenizer.vocab_size, mesh, token_bytes=token_bytes)
-  params = plan.init(jax.random.PRNGKey(0)).params
-  eval_fn = jax.jit(lambda p, b: steps.eval_step(p, b, model=plan.model, token_bytes=token_bytes))
-  counted = sum(float(eval_fn(params, batch)["bytes"]) for batch in pipeline.eval_batches(
-      data.validation, config.eval.batch_size, config.eval.max_batches))
-  scored = pipeline.scored_bytes(data.validation, config.eval.batch_size,
-                                 config.eval.max_batches, data.tokenizer)
-  # Equal counts: no window's targets are counted twice, and none are left out.
-  assert len(scored) == counted > 0
-  assert scored == _decoded(data.validation, config.eval.batch_size, config.eval.max_batches)
-
-  evaluator = evaluate.Evaluator(plan, data.validation, None, config.eval,
-                                 tokenizer=data.tokenizer)
-  results = evaluator(params)
-  expected = yardsticks.bits_per_byte(scored)
-  for name in COMPRESSORS:
-    assert results[f"eval/{name}_bits_per_byte"] == expected[name]
-  assert math.isfinite(results["eval/bits_per_byte"])
-  assert evaluator(params)["eval/xz_bits_per_byte"] == expected["xz"]   # reused, not recomputed
-
-
 @pytest.mark.parametrize("steps_,warns", [(10_000_000, True), (4, False)])
 def test_many_epochs_warn_once(tiny_config, caplog, steps_, warns):
   config = tiny_config(train__steps=steps_, wells__mode="wells")
-  summary = setup.plan_summary(config, num_train_windows=1_000, num_params=123)
+  summary = budget.plan_summary(config, num_train_windows=1_000, num_params=123)
   assert summary["steps_per_epoch"] == 1_000 // 8
   assert summary["tokens_per_epoch"] == 125 * 8 * 64
   assert summary["planned_epochs"] == steps_ / 125
   assert summary["extra_updates_max"] == steps_
   with caplog.at_level(logging.INFO, logger="absl"):
-    setup.log_plan(summary)
+    budget.log_plan(summary)
   assert len(_plan_records(caplog)) == 1
   assert "not counted in epochs" in _plan_records(caplog)[0].getMessage()
   assert len(_warnings(caplog)) == (1 if warns else 0)
@@ -111,6 +79,6 @@ def test_many_epochs_warn_once(tiny_config, caplog, steps_, warns):
 def test_planned_epochs_from_a_token_count(tiny_config):
   config = tiny_config(train__steps=100)
   # 64 · 800 + 1 tokens make 800 windows of 64: 100 steps of 8 windows per epoch.
-  assert setup.planned_epochs(config, (64 * 800 + 1 - 1) // 64) == 1.0
+  assert budget.planned_epochs(config, (64 * 800 + 1 - 1) // 64) == 1.0
   with pytest.raises(Exception, match="exceeds"):
-    setup.planned_epochs(config, 7)
+    budget.planned_epochs(config, 7)
