@@ -71,6 +71,7 @@ RESUME_KEYS = ("dtype", "heads", "kv_heads", "head_dim", "block")
 
 
 def causal_flops(batch, heads, length, head_dim, mode):
+  """FLOPs of causal attention (half the score matrix); fwd+bwd counted as 3.5x the forward."""
   fwd = 4 * batch * heads * length * length * head_dim / 2
   return fwd if mode == "fwd" else 3.5 * fwd
 

@@ -35,6 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench.attention import causal_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from ban_jax.ops import gravity as G  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -160,11 +161,6 @@ def check(opts_name, opts, record):
 
 # ---------------------------------------------------------------------------------------------
 # Timing.
-
-
-def causal_flops(b, h, t, d, mode):
-  fwd = 4 * b * h * t * t * d / 2
-  return fwd if mode == "fwd" else 3.5 * fwd
 
 
 def time_one(impl, mode, t, b, h=16, d=128, repeats=10, budget_s=1.5, options=None):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ban_jax.models import flops as flops_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.training import setup  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -77,10 +78,8 @@ def flops_per_token(c, vocab_size: int) -> float:
   b, t = c.train.batch_size, c.data.seq_len
   batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32)
            for k in ("inputs", "targets", "segment_ids", "positions", "weights")}
-  compiled = plan.jit_step(steps_lib.train_step).lower(plan.abstract, batch).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) / (b * t)
+  return flops_lib.compiled_flops(plan.jit_step(steps_lib.train_step), plan.abstract,
+                                  batch) / (b * t)
 
 
 def main(argv):
