@@ -1,0 +1,46 @@
+"""ban_jax/config_file.py: the CLI's own checks of --config and its overrides."""
+
+import os
+
+import pytest
+
+from ban_jax import config_file
+from ban_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIKI = os.path.join(REPO, "configs", "wiki.py")
+
+
+def test_load_runs_get_config_with_the_preset():
+  assert config_file.load(f"{WIKI}:tiny").preset == "tiny"
+  assert config_file.load(WIKI).preset == "default"
+
+
+def test_load_errors_name_the_argument(tmp_path):
+  with pytest.raises(UserError, match="no such file"):
+    config_file.load(str(tmp_path / "missing.py"))
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config():\n  raise KeyError('oops')\n")
+  with pytest.raises(UserError, match=r"broken.py: the config file raised KeyError: 'oops'"):
+    config_file.load(str(broken))
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("--config.train.stepz=3", "config.train has no field 'stepz' \\(did you mean 'steps'\\?\\)"),
+    ("--config.nope=1", "config has no field 'nope'"),
+    ("--config.train.steps=3.5", "takes an integer"),
+    ("--config.optimizer.learning_rate=fast", "takes a number"),
+    ("--config.model.tagging=maybe", "expected true or false"),
+])
+def test_bad_overrides(arg, match):
+  config = config_file.load(f"{WIKI}:tiny")
+  with pytest.raises(UserError, match=match):
+    config_file.check_overrides(config, ["prog", arg])
+
+
+def test_good_overrides_pass():
+  config = config_file.load(f"{WIKI}:smoke")
+  config_file.check_overrides(config, ["prog", "--config.train.steps=3", "--workdir=x",
+                                       "--config.optimizer.learning_rate=1e-3",
+                                       "--config.model.tagging=false",
+                                       "--config.model.attention=dot"])
