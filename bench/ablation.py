@@ -56,7 +56,7 @@ FULL = dict(attention="gravity", tagging=True, positional="power_law", wells="we
 BAN = dict(attention="dot", tagging=False, positional="rope", wells="off")
 ARMS = {
     "transformer": dict(BAN, model="transformer"),
-    # Twice the blocks: 2x the non-embedding parameters (1.9x in all at CPU scale).
+    # Twice the blocks: 2x the non-embedding parameters (1.84x in all at CPU scale).
   "transformer_2x": dict(BAN, model="transformer", layers_factor=2),
     "ban": dict(BAN, model="ban"),
     "ban+gravity": dict(BAN, model="ban", attention="gravity"),

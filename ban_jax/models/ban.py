@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from ban_jax.layers.attention import AttentionConfig, SelfAttention
 from ban_jax.layers.branches import AttractorConfig, BranchedAttractor
-from ban_jax.layers.validation import check_int, check_range
-from ban_jax.models.common import dtype_name
+from ban_jax.layers.validation import check_int
+from ban_jax.models.common import check_trunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +52,7 @@ class BANConfig:
       "dropout_rate": "dropout_rate", "dtype": "dtype", "remat": "remat"}
 
   def __post_init__(self):
-    check_int("model.d_model", self.width)
-    check_int("model.num_layers", self.depth)
-    if self.attention.head_dim is None and self.width % self.attention.num_heads:
-      raise ValueError(f"model.d_model={self.width} is not divisible by model.num_heads="
-                       f"{self.attention.num_heads}; change one or set model.head_dim.")
-    check_range("model.dropout_rate", self.dropout_rate, 0.0, 1.0, high_open=True)
-    object.__setattr__(self, "dtype", dtype_name("model.dtype", self.dtype))
+    object.__setattr__(self, "dtype", check_trunk(self))
 
 
 class BANBlock(nn.Module):

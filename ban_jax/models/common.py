@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 
 from ban_jax.layers.validation import check_choice
+from ban_jax.layers.validation import check_int
+from ban_jax.layers.validation import check_range
 
 # What `config.model.dtype` may name (the activations' dtype; parameters stay float32).
 DTYPES = ("float32", "bfloat16", "float16")
@@ -37,3 +39,21 @@ def param_count(model, length: int = 8) -> int:
   tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
   shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
   return sum(int(x.size) for x in jax.tree.leaves(shapes))
+
+
+def check_trunk(config) -> str:
+  """Checks what every model config shares (width, depth, heads, dropout, dtype).
+
+  Args:
+    config: a BANConfig or TransformerConfig (width, depth, attention, dropout_rate, dtype).
+
+  Returns:
+    The dtype's name, for the frozen dataclass to store.
+  """
+  check_int("model.d_model", config.width)
+  check_int("model.num_layers", config.depth)
+  if config.attention.head_dim is None and config.width % config.attention.num_heads:
+    raise ValueError(f"model.d_model={config.width} is not divisible by model.num_heads="
+                     f"{config.attention.num_heads}; change one or set model.head_dim.")
+  check_range("model.dropout_rate", config.dropout_rate, 0.0, 1.0, high_open=True)
+  return dtype_name("model.dtype", config.dtype)
