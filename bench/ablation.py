@@ -161,6 +161,16 @@ def grad_evals(records) -> float:
   return total
 
 
+def attractor_residual(records) -> float | None:
+  """The BAN's relative attractor residual ‖z_T − z_{T−1}‖/‖z_T‖ at the last logged step, mean
+  over layers (how far from a fixed point the configured steps leave it); None without one."""
+  last = [r for r in records if any(k.endswith("attractor_residual_rel") for k in r)]
+  if not last:
+    return None
+  values = [v for k, v in last[-1].items() if k.endswith("attractor_residual_rel")]
+  return float(sum(values) / len(values))
+
+
 def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline):
   """Trains one run through the CLI; returns its record, or None if the deadline cut it."""
   workdir = os.path.join(_WORKDIR.value, scale_name, f"{arm}_lr{lr:g}_s{seed}")
@@ -201,6 +211,7 @@ def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline)
       "val_gzip_bpb": final.get("eval/gzip_bits_per_byte"),
       "tokens_per_sec": sorted(rates)[len(rates) // 2] if rates else None,
       "wall_s": time.time() - start, "injected_fraction": evals / steps - 1.0,
+      "attractor_residual_rel": attractor_residual(records),
   }
 
 

@@ -44,6 +44,8 @@ def summarize(results: dict, scale: str = "cpu") -> dict[str, dict]:
         "params": chosen[0]["params"], "steps": chosen[0]["steps"],
         "train_flops": float(np.mean([r["train_flops"] for r in chosen])),
         "tokens_trained": chosen[0]["tokens_trained"],
+        "residual": (float(np.mean([r["attractor_residual_rel"] for r in chosen]))
+                     if chosen[0].get("attractor_residual_rel") is not None else None),
         "tokens_per_sec": float(np.median([r["tokens_per_sec"] for r in chosen
                                            if r.get("tokens_per_sec")] or [float("nan")])),
     }
@@ -122,14 +124,16 @@ def claims(summary) -> list[tuple[str, str, str]]:
 
 def table(summary) -> str:
   lines = ["| arm | params | steps | best lr | seeds | val bits/byte | held-out bits/byte | "
-           "gzip (same bytes) | tokens/s | train FLOPs |", "|" + "---|" * 10]
+           "gzip (same bytes) | tokens/s | train FLOPs | attractor residual |",
+           "|" + "---|" * 11]
   for arm, s in summary.items():
     lines.append(
         f"| {arm} | {s['params']:,} | {s['steps']} | {s['lr']:g}{'*' if s['lr_at_edge'] else ''}"
         f" | {s['seeds']} | "
         f"{s['val_mean']:.4f} ± {s['val_std']:.4f} | {s['heldout_mean']:.4f} ± "
         f"{s['heldout_std']:.4f} | {s['gzip'] or float('nan'):.3f} | {s['tokens_per_sec']:,.0f} | "
-        f"{s['train_flops']:.3g} |")
+        f"{s['train_flops']:.3g} | "
+        f"{'-' if s['residual'] is None else format(s['residual'], '.1%')} |")
   return "\n".join(lines)
 
 
@@ -177,7 +181,11 @@ Written by `python bench/ablation.py --report_only` from `bench/results/ablation
 ({len(runs)} finished runs at `--scale={scale}`; the largest spread of training FLOPs between
 runs is {spread:.1%}). Each arm's learning rate is the best of a 3-value sweep at seed 0;
 mean ± std over the seeds trained at that rate (seed 0 included, the run that chose the rate;
-a `*` marks a best rate at the edge of the grid). Lower bits/byte is better. A verdict is "yes"
+a `*` marks a best rate at the edge of the grid). Lower bits/byte is better. Tokens/s are
+medians over a run's logged intervals on the machine named in the JSON; on a shared 2-core CPU
+they are rough. The attractor residual is the BAN's relative step ‖z_T − z_(T−1)‖/‖z_T‖ after
+its configured iterations at the end of training, mean over layers: how far from a fixed point
+the attractor stops. A verdict is "yes"
 or "no" only where the difference exceeds twice its standard error; with one seed it is "not
 shown".
 
