@@ -55,3 +55,13 @@ def test_one_seed_is_not_shown_and_the_best_rate_is_chosen():
   assert not summary["ban"]["lr_at_edge"]
   verdict, _ = ablation_report.verdict((-0.1, float("nan")))
   assert verdict == "not shown"
+
+
+def test_parts_that_need_each_other_are_not_superadditive_if_the_whole_loses():
+  noise = [0.0, 0.01, -0.01]
+  # Removing the power-law field costs a lot (gravity needs it), but the whole is worse than ban.
+  base = {"ban": 2.8, "+power_law": 2.95, "full": 2.96, "full-gravity": 2.94,
+          "full-tagging": 2.96, "full-power_law": 3.3}
+  summary = ablation_report.summarize(_runs({a: [v + n for n in noise] for a, v in base.items()}))
+  verdicts = {claim: verdict for claim, verdict, _ in ablation_report.claims(summary)}
+  assert verdicts["The attention and training levels together are superadditive"] == "no"
