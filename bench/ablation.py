@@ -19,7 +19,6 @@ checkpoint. Finished runs are appended to bench/results/ablation.json as they en
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -29,6 +28,8 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench import ablation_report  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import cli_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench.cli_runs import BAN, FULL, SCALES, SEEDS  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "Model size and FLOPs budget.")
 _DEADLINE = flags.DEFINE_float("deadline_s", 0, "Start no run that would end past this many "
@@ -40,20 +41,6 @@ _OUT = flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "ablati
 _ARMS = flags.DEFINE_list("arms", [], "Only these arms (default: all).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write the table and chart; train nothing.")
 
-# Per scale: the shared model shape, the data shape, the steps the BAN arm gets (which fixes the
-# FLOPs budget), and the learning rates swept.
-SCALES = {
-    "cpu": dict(width=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=256, branches=5,
-                attractor_steps=4, seq_len=128, batch=16, ban_steps=1000,
-                # Started at (1.5e-3, 3e-3, 6e-3): the transformer's best was the top, 6e-3.
-                learning_rates=(3e-3, 6e-3, 1.2e-2), dtype="float32"),
-    "gpu": dict(width=256, layers=6, heads=8, kv_heads=8, head_dim=32, mlp=1024, branches=5,
-                attractor_steps=6, seq_len=512, batch=64, ban_steps=300,
-                learning_rates=(5e-4, 1e-3, 2e-3), dtype="bfloat16"),
-}
-SEEDS = (0, 1, 2)
-FULL = dict(attention="gravity", tagging=True, positional="power_law", wells="wells")
-BAN = dict(attention="dot", tagging=False, positional="rope", wells="off")
 ARMS = {
     "transformer": dict(BAN, model="transformer"),
     # Twice the blocks: 2x the non-embedding parameters (1.84x in all at CPU scale).
@@ -69,30 +56,8 @@ ARMS = {
 }
 
 
-def overrides(arm: str, scale: dict, *, steps: int, lr: float, seed: int) -> dict:
-  """The arm's run as config overrides of the `ban` or `transformer` preset."""
-  a = ARMS[arm]
-  o = {
-      "seed": seed, "data.seq_len": scale["seq_len"], "train.batch_size": scale["batch"],
-      "train.steps": steps, "train.log_every": 10, "optimizer.learning_rate": lr,
-      "optimizer.warmup_steps": max(steps // 20, 1), "optimizer.weight_decay": 0.0,
-      "eval.every_steps": steps, "eval.batch_size": 32, "eval.max_batches": 0,
-      "eval.heldout_max_batches": 50, "eval.sample_length": 64,
-      "checkpoint.every_steps": max(steps // 5, 1), "checkpoint.keep": 1,
-      "model.d_model": scale["width"], "model.num_layers": scale["layers"] * a.get(
-          "layers_factor", 1),
-      "model.num_heads": scale["heads"], "model.num_kv_heads": scale["kv_heads"],
-      "model.head_dim": scale["head_dim"], "model.dtype": scale["dtype"],
-      "model.attention": a["attention"], "model.tagging": a["tagging"],
-      "model.positional": a["positional"], "wells.mode": a["wells"],
-      "wells.warmup_steps": max(steps // 20, 1),
-  }
-  if a["model"] == "transformer":
-    o["model.mlp_dim"] = scale["mlp"]
-  else:
-    o.update({"model.num_branches": scale["branches"],
-              "model.attractor_steps": scale["attractor_steps"], "model.unroll": True})
-  return o
+def overrides(arm: str, scale: dict, **kw) -> dict:
+  return cli_runs.overrides(ARMS[arm], scale, **kw)
 
 
 def config_for(arm, scale, **kw):
@@ -129,25 +94,6 @@ def flops_per_step(arm: str, scale: dict) -> tuple[float, int]:
   return flops, params
 
 
-def _load(path):
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return {"runs": []}
-
-
-def _save(path, results):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def _read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def grad_evals(records) -> float:
   """Gradient evaluations of a run: each logged interval's mean per step times its length.
 
@@ -174,24 +120,14 @@ def attractor_residual(records) -> float | None:
 def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline):
   """Trains one run through the CLI; returns its record, or None if the deadline cut it."""
   workdir = os.path.join(_WORKDIR.value, scale_name, f"{arm}_lr{lr:g}_s{seed}")
-  args = [sys.executable, "-m", "ban_jax.main",
-          f"--config={os.path.join(REPO, 'configs', 'wiki.py')}:{ARMS[arm]['model']}",
-          f"--workdir={workdir}"]
-  args += [f"--config.{k}={v}" for k, v in overrides(arm, scale, steps=steps, lr=lr,
-                                                     seed=seed).items()]
   start = time.time()
-  timeout = None if deadline is None else max(deadline - time.time(), 1)
-  try:
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                         check=False)
-  except subprocess.TimeoutExpired:
+  status = cli_runs.run_cli(ARMS[arm]["model"], workdir,
+                   overrides(arm, scale, steps=steps, lr=lr, seed=seed), deadline)
+  if status is None:
     print(f"[ablation]   deadline: {arm} lr {lr:g} seed {seed} stopped; --resume continues it",
           flush=True)
     return None
-  if out.returncode:
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    if not any("diverged" in line for line in errors):
-      raise RuntimeError(f"{arm} lr {lr:g} seed {seed} failed:\n{out.stderr[-3000:]}")
+  if status == "diverged":
     # A learning rate too high for the arm is a result of the sweep, not a failure of it.
     print(f"[ablation]   {arm} lr {lr:g} seed {seed} diverged", flush=True)
     return {"arm": arm, "scale": scale_name, "lr": lr, "seed": seed, "steps": steps,
@@ -199,7 +135,7 @@ def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline)
             "val_bpb": float("inf"), "heldout_bpb": None, "wall_s": time.time() - start}
   with open(os.path.join(workdir, "final_metrics.json")) as f:
     final = json.load(f)
-  records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  records = cli_runs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   evals = grad_evals(records)
   rates = [r["perf/tokens_per_sec"] for r in records if "perf/tokens_per_sec" in r][1:]
   tokens = steps * scale["batch"] * scale["seq_len"]
@@ -219,7 +155,7 @@ def main(argv):
   del argv
   os.environ.setdefault("JAX_PLATFORMS", "cpu" if _SCALE.value == "cpu" else "")
   scale_name, scale = _SCALE.value, SCALES[_SCALE.value]
-  results = _load(_OUT.value) if _RESUME.value else {"runs": []}
+  results = cli_runs.load_json(_OUT.value) if _RESUME.value else {"runs": []}
   if _REPORT_ONLY.value:
     ablation_report.report(results, _OUT.value, scale_name)
     return
@@ -233,7 +169,7 @@ def main(argv):
     if arm not in sizing:
       flops, params = flops_per_step(arm, scale)
       sizing[arm] = {"flops_per_update": flops, "params": params}
-      _save(_OUT.value, results)
+      cli_runs.save_json(_OUT.value, results)
   budget = sizing["ban"]["flops_per_update"] * scale["ban_steps"] if "ban" in sizing else None
   if budget is None:
     sizing["ban"] = dict(zip(("flops_per_update", "params"), flops_per_step("ban", scale)))
@@ -276,7 +212,7 @@ def main(argv):
       break
     results["runs"].append(record)
     walls.append(record["wall_s"])
-    _save(_OUT.value, results)
+    cli_runs.save_json(_OUT.value, results)
     print(f"[ablation]   val {record['val_bpb']:.4f} bits/byte (gzip "
           f"{record['val_gzip_bpb']:.3f}), {record['train_flops'] / budget:.3f} of the budget, "
           f"{record['wall_s']:.0f} s; {len(results['runs'])} runs done", flush=True)

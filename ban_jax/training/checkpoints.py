@@ -1,5 +1,7 @@
 """orbax checkpoints of the train state together with the grain iterator's position."""
 
+import os
+
 import grain
 import jax
 import numpy as np
@@ -83,3 +85,32 @@ class Checkpointer:
   def close(self):
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+def read_params(directory: str, step: int | None = None) -> tuple[dict, int]:
+  """(params, step) of a run's checkpoint, for evaluation and inference (no optimizer needed).
+
+  Reads only the `state` item, without a target: the arrays come back as host numpy in the
+  saved tree, whatever mesh wrote them. `step` None takes the newest checkpoint.
+  """
+  if not os.path.isdir(directory):
+    raise UserError(f"{directory} does not exist: no checkpoints to read; point at the workdir "
+                    "of a run that saved at least one (checkpoint.every_steps).")
+  mngr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+  try:
+    steps = mngr.all_steps()
+    if not steps:
+      raise UserError(f"{directory} holds no finished checkpoint; train the run further or "
+                      "point at another workdir.")
+    if step is None:
+      step = max(steps)
+    elif step not in steps:
+      raise UserError(f"{directory} has no checkpoint of step {step}; it has {sorted(steps)}.")
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    except Exception as e:  # orbax reports unreadable files in several types
+      raise UserError(f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {e}); "
+                      "read an older step or retrain.") from e
+  finally:
+    mngr.close()
+  return jax.device_get(restored["state"]["params"]), step

@@ -1,0 +1,1 @@
+"""The inference level: trained runs back from their workdirs, and generating from them."""
