@@ -7,7 +7,8 @@ r"""The results table of the Information Gravity paper: every mechanism on and o
 Arms (all on the bundled Wikipedia, byte tokens, one shared FLOPs budget per scale):
   transformer, transformer_2x (twice the parameters, fewer steps), ban (dot + RoPE),
   ban+gravity, +tagging, +power_law (= full minus wells), full (+ Gravity Wells),
-  full-gravity, full-tagging, full-power_law.
+  full-gravity, full-tagging, full-power_law, full_surprisal_tags (the full system with key
+  masses from each token's surprisal instead of a learned function of its hidden state).
 
 Each arm first sweeps the learning rate over three values at seed 0, then trains seeds 1 and 2
 at its best rate. Steps per arm = budget / (XLA's FLOPs of one train step, BAN attractor
@@ -17,7 +18,6 @@ every step and record the extra updates they really took. Every run is the comma
 checkpoint. Finished runs are appended to bench/results/ablation.json as they end.
 """
 
-import json
 import os
 import sys
 import time
@@ -53,6 +53,9 @@ ARMS = {
     "full-gravity": dict(FULL, model="ban", attention="dot"),
     "full-tagging": dict(FULL, model="ban", tagging=False),
     "full-power_law": dict(FULL, model="ban", positional="rope"),
+    # Key masses from each token's surprisal under a first, untagged reading pass (its FLOPs
+    # count: the step's XLA FLOPs include both passes, so the arm trains fewer steps).
+    "full_surprisal_tags": dict(FULL, model="ban", tagging_source="surprisal"),
 }
 
 
@@ -60,61 +63,12 @@ def overrides(arm: str, scale: dict, **kw) -> dict:
   return cli_runs.overrides(ARMS[arm], scale, **kw)
 
 
-def config_for(arm, scale, **kw):
-  from configs import wiki  # pylint: disable=g-import-not-at-top
-  c = wiki.get_config(ARMS[arm]["model"])
-  for dotted, value in overrides(arm, scale, **kw).items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+def config_for(arm: str, scale: dict, **kw):
+  return cli_runs.config_for(ARMS[arm], scale, **kw)
 
 
 def flops_per_step(arm: str, scale: dict) -> tuple[float, int]:
-  """(XLA's FLOPs of one plain train step of the arm, its parameter count); traced, not run."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from ban_jax.training import budget  # pylint: disable=g-import-not-at-top
-  from ban_jax.training import setup  # pylint: disable=g-import-not-at-top
-  c = config_for(arm, scale, steps=1000, lr=1e-3, seed=0)
-  plan = setup.build(c, 259, mesh_lib.make_mesh(c.mesh), token_bytes=jnp.ones([259]))
-  params = setup.count_params(plan.abstract.params)
-  flops, source = budget.train_step_flops(plan, c, params)
-  if not source.startswith("XLA"):
-    # Backends that only count compiled code (GPU): compile the step once to count it.
-    from ban_jax.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
-    from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
-    b, t = c.train.batch_size, c.data.seq_len
-    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32)
-             for k in ("inputs", "targets", "segment_ids", "positions", "weights")}
-    flops = flops_lib.compiled_flops(plan.jit_step(steps_lib.train_step), plan.abstract, batch)
-  return flops, params
-
-
-def grad_evals(records) -> float:
-  """Gradient evaluations of a run: each logged interval's mean per step times its length.
-
-  A resumed run logs again the steps after its last checkpoint: the later record of a step wins.
-  """
-  by_step = {r["step"]: r for r in records if "train/loss" in r}
-  total, last = 0.0, 0
-  for step in sorted(by_step):
-    total += by_step[step].get("train/grad_evals", 1.0) * (step - last)
-    last = step
-  return total
-
-
-def attractor_residual(records) -> float | None:
-  """The BAN's relative attractor residual ‖z_T − z_{T−1}‖/‖z_T‖ at the last logged step, mean
-  over layers (how far from a fixed point the configured steps leave it); None without one."""
-  last = [r for r in records if any(k.endswith("attractor_residual_rel") for k in r)]
-  if not last:
-    return None
-  values = [v for k, v in last[-1].items() if k.endswith("attractor_residual_rel")]
-  return float(sum(values) / len(values))
+  return cli_runs.flops_per_step(ARMS[arm], scale)
 
 
 def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline):
@@ -122,7 +76,7 @@ def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline)
   workdir = os.path.join(_WORKDIR.value, scale_name, f"{arm}_lr{lr:g}_s{seed}")
   start = time.time()
   status = cli_runs.run_cli(ARMS[arm]["model"], workdir,
-                   overrides(arm, scale, steps=steps, lr=lr, seed=seed), deadline)
+                            overrides(arm, scale, steps=steps, lr=lr, seed=seed), deadline)
   if status is None:
     print(f"[ablation]   deadline: {arm} lr {lr:g} seed {seed} stopped; --resume continues it",
           flush=True)
@@ -133,22 +87,9 @@ def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline)
     return {"arm": arm, "scale": scale_name, "lr": lr, "seed": seed, "steps": steps,
             "params": params, "flops_per_update": flops, "diverged": True,
             "val_bpb": float("inf"), "heldout_bpb": None, "wall_s": time.time() - start}
-  with open(os.path.join(workdir, "final_metrics.json")) as f:
-    final = json.load(f)
-  records = cli_runs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  evals = grad_evals(records)
-  rates = [r["perf/tokens_per_sec"] for r in records if "perf/tokens_per_sec" in r][1:]
-  tokens = steps * scale["batch"] * scale["seq_len"]
-  return {
-      "arm": arm, "scale": scale_name, "lr": lr, "seed": seed, "steps": steps,
-      "params": params, "flops_per_update": flops, "grad_evals": evals,
-      "train_flops": flops * evals, "tokens_trained": tokens,
-      "val_bpb": final["eval/bits_per_byte"], "heldout_bpb": final.get("heldout/bits_per_byte"),
-      "val_gzip_bpb": final.get("eval/gzip_bits_per_byte"),
-      "tokens_per_sec": sorted(rates)[len(rates) // 2] if rates else None,
-      "wall_s": time.time() - start, "injected_fraction": evals / steps - 1.0,
-      "attractor_residual_rel": attractor_residual(records),
-  }
+  record = cli_runs.read_record(workdir, steps=steps, scale=scale, flops=flops)
+  return {"arm": arm, "scale": scale_name, "lr": lr, "seed": seed, "params": params,
+          "wall_s": time.time() - start, **record}
 
 
 def main(argv):

@@ -13,7 +13,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_MD = os.path.join(REPO, "docs", "results.md")
 ORDER = ("transformer", "transformer_2x", "ban", "ban+gravity", "+tagging", "+power_law", "full",
-         "full-gravity", "full-tagging", "full-power_law")
+         "full-gravity", "full-tagging", "full-power_law", "full_surprisal_tags")
 
 
 def summarize(results: dict, scale: str = "cpu") -> dict[str, dict]:
@@ -122,6 +122,11 @@ def claims(summary) -> list[tuple[str, str, str]]:
               *verdict(_diff(summary, "+tagging", "ban+gravity"))))
   out.append(("The power-law field helps (+power_law vs +tagging)",
               *verdict(_diff(summary, "+power_law", "+tagging"))))
+  out.append(("Tags from surprisal (information density) beat learned tags "
+              "(full_surprisal_tags vs full)",
+              *verdict(_diff(summary, "full_surprisal_tags", "full"))))
+  out.append(("Tags from surprisal help at all (full_surprisal_tags vs full-tagging)",
+              *verdict(_diff(summary, "full_surprisal_tags", "full-tagging"))))
   out.append(("The full system beats the transformer at equal FLOPs",
               *verdict(_diff(summary, "full", "transformer"))))
   return out

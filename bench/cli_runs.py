@@ -34,7 +34,9 @@ def overrides(arm: dict, scale: dict, *, steps: int, lr: float, seed: int) -> di
 
   Args:
     arm: model ("ban" | "transformer"), attention, tagging, positional, wells (a wells.mode),
-      and optionally layers_factor (blocks = scale's layers x this).
+      and optionally layers_factor (blocks = scale's layers x this), tagging_source,
+      attractor_steps and implicit_grad (the BAN's; the scale's steps and False otherwise), and
+      extra: any further {dotted field: value}.
     scale: one of SCALES.
     steps, lr, seed: the run's length, peak learning rate and seed.
   """
@@ -54,12 +56,54 @@ def overrides(arm: dict, scale: dict, *, steps: int, lr: float, seed: int) -> di
       "model.positional": a["positional"], "wells.mode": a["wells"],
       "wells.warmup_steps": max(steps // 20, 1),
   }
+  o.update(a.get("extra", {}))
+  if "tagging_source" in a:
+    o["model.tagging_source"] = a["tagging_source"]
   if a["model"] == "transformer":
     o["model.mlp_dim"] = scale["mlp"]
   else:
     o.update({"model.num_branches": scale["branches"],
-              "model.attractor_steps": scale["attractor_steps"], "model.unroll": True})
+              "model.attractor_steps": a.get("attractor_steps", scale["attractor_steps"]),
+              "model.unroll": True})
+    if "implicit_grad" in a:
+      o["model.implicit_grad"] = a["implicit_grad"]
   return o
+
+
+def config_for(arm: dict, scale: dict, **kw):
+  """The run's full config: its preset with `overrides` applied."""
+  sys.path.insert(0, REPO)
+  from configs import wiki  # pylint: disable=g-import-not-at-top
+  c = wiki.get_config(arm["model"])
+  for dotted, value in overrides(arm, scale, **kw).items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def flops_per_step(arm: dict, scale: dict) -> tuple[float, int]:
+  """(XLA's FLOPs of one plain train step of the arm, its parameter count); traced, not run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ban_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from ban_jax.training import budget  # pylint: disable=g-import-not-at-top
+  from ban_jax.training import setup  # pylint: disable=g-import-not-at-top
+  c = config_for(arm, scale, steps=1000, lr=1e-3, seed=0)
+  plan = setup.build(c, 259, mesh_lib.make_mesh(c.mesh), token_bytes=jnp.ones([259]))
+  params = setup.count_params(plan.abstract.params)
+  flops, source = budget.train_step_flops(plan, c, params)
+  if not source.startswith("XLA"):
+    # Backends that only count compiled code (GPU): compile the step once to count it.
+    from ban_jax.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
+    from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+    b, t = c.train.batch_size, c.data.seq_len
+    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32)
+             for k in ("inputs", "targets", "segment_ids", "positions", "weights")}
+    flops = flops_lib.compiled_flops(plan.jit_step(steps_lib.train_step), plan.abstract, batch)
+  return flops, params
 
 
 def load_json(path):
@@ -79,6 +123,48 @@ def save_json(path, results):
 def read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def grad_evals(records) -> float:
+  """Gradient evaluations of a run: each logged interval's mean per step times its length.
+
+  A resumed run logs again the steps after its last checkpoint: the later record of a step wins.
+  """
+  by_step = {r["step"]: r for r in records if "train/loss" in r}
+  total, last = 0.0, 0
+  for step in sorted(by_step):
+    total += by_step[step].get("train/grad_evals", 1.0) * (step - last)
+    last = step
+  return total
+
+
+def attractor_residual(records) -> float | None:
+  """The BAN's relative attractor residual ‖z_T − z_{T−1}‖/‖z_T‖ at the last logged step, mean
+  over layers (how far from a fixed point the configured steps leave it); None without one."""
+  last = [r for r in records if any(k.endswith("attractor_residual_rel") for k in r)]
+  if not last:
+    return None
+  values = [v for k, v in last[-1].items() if k.endswith("attractor_residual_rel")]
+  return float(sum(values) / len(values))
+
+
+def read_record(workdir: str, *, steps: int, scale: dict, flops: float) -> dict:
+  """A finished run's numbers: final bits/byte (validation, held-out, gzip of the same bytes),
+  gradient evaluations and the FLOPs they cost, median tokens/s, the attractor residual."""
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    final = json.load(f)
+  records = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  evals = grad_evals(records)
+  rates = [r["perf/tokens_per_sec"] for r in records if "perf/tokens_per_sec" in r][1:]
+  return {
+      "steps": steps, "flops_per_update": flops, "grad_evals": evals,
+      "train_flops": flops * evals, "tokens_trained": steps * scale["batch"] * scale["seq_len"],
+      "val_bpb": final["eval/bits_per_byte"], "heldout_bpb": final.get("heldout/bits_per_byte"),
+      "val_gzip_bpb": final.get("eval/gzip_bits_per_byte"),
+      "tokens_per_sec": sorted(rates)[len(rates) // 2] if rates else None,
+      "injected_fraction": evals / steps - 1.0,
+      "attractor_residual_rel": attractor_residual(records),
+  }
 
 
 def run_cli(model: str, workdir: str, flat: dict, deadline: float | None):

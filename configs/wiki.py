@@ -240,6 +240,7 @@ def _ban() -> ml_collections.ConfigDict:
   m.attention = "dot"                # dot | gravity | inverse_square (token mixing)
   m.positional = "rope"              # rope | alibi | power_law | none
   m.tagging = False                  # context tagging: a learned mass per token (key_mass)
+  m.tagging_source = "hidden"        # hidden: softplus(Dense(h)) | surprisal: of −log P (2 passes)
   # The branched attractor (per position): N branches, one focus iterated to a fixed point.
   m.num_branches = 5
   m.branch_width = 0                 # 0 = d_model
@@ -273,6 +274,7 @@ def _transformer() -> ml_collections.ConfigDict:
   m.attention = "dot"
   m.positional = "rope"
   m.tagging = False
+  m.tagging_source = "hidden"
   m.dropout_rate = 0.0
   m.dtype = "bfloat16"
   m.remat = False

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from ban_jax.layers.positional import POSITIONALS
 from ban_jax.layers.positional import PowerLawField
 from ban_jax.layers.tagging import ContextTagging
+from ban_jax.layers.tagging import SurprisalTagging
 from ban_jax.layers.validation import check_choice, check_int, check_range
 from ban_jax.ops import gravity as gravity_ops
 from ban_jax.ops import positional as pos_ops
@@ -26,6 +27,9 @@ from ban_jax.ops import rope
 
 # What `AttentionConfig.kind` may name: the op's scores, the plain baseline first.
 ATTENTIONS = ("dot",) + tuple(s for s in gravity_ops.SCORES if s != "dot")
+# What `AttentionConfig.tagging_source` may name: a learned function of the hidden state
+# (`ContextTagging`), or of the token's own surprisal under the model (`SurprisalTagging`).
+TAGGING_SOURCES = ("hidden", "surprisal")
 # The raw `gravity_mass_log` parameter starts here, so M = softplus(0.5) ≈ 0.974 and the
 # largest logit M²/ε ≈ 9.5 (with M = 0.5 it would be 2.5, too flat for a head to single out one
 # token among hundreds).
@@ -43,7 +47,11 @@ class AttentionConfig:
     kind: the score: "dot", "gravity" (the Gravity-2 paper's M²/(‖q−k‖² + ε)) or
       "inverse_square" (the same without the mass).
     positional: "rope", "alibi", "power_law" (learnable per head, the AGF paper) or "none".
-    tagging: give every key a learned mass m_j (`ContextTagging`) used as `key_mass`.
+    tagging: give every key a mass m_j > 0 used as `key_mass`.
+    tagging_source: what the mass is a function of: "hidden" (softplus(Dense(h)),
+      `ContextTagging`) or "surprisal" (softplus(w·s_j + b) of the token's stop-gradient
+      surprisal, `SurprisalTagging`; the model then reads each window twice, see
+      `ban_jax.models.common.read_then_attend`).
     mass_init: initial raw `gravity_mass_log` (M = softplus(raw)); "gravity" only, since the
       mass cancels in "inverse_square" and "dot" stays the plain baseline.
     eps: the softening ε of the distance, > 0.
@@ -60,6 +68,7 @@ class AttentionConfig:
   kind: str = "dot"
   positional: str = "rope"
   tagging: bool = False
+  tagging_source: str = "hidden"
   mass_init: float = DEFAULT_MASS_INIT
   eps: float = 0.1
   implementation: str = "auto"
@@ -70,7 +79,8 @@ class AttentionConfig:
   # `config.model.attention_options`.
   FLAT_NAMES: ClassVar[dict[str, str]] = {
       "num_heads": "num_heads", "num_kv_heads": "num_kv_heads", "head_dim": "head_dim",
-      "kind": "attention", "positional": "positional", "tagging": "tagging"}
+      "kind": "attention", "positional": "positional", "tagging": "tagging",
+      "tagging_source": "tagging_source"}
 
   def __post_init__(self):
     name = lambda field: "model." + self.FLAT_NAMES.get(field, f"attention_options.{field}")
@@ -84,11 +94,17 @@ class AttentionConfig:
       check_int(name("head_dim"), self.head_dim)
     check_choice(name("kind"), self.kind, ATTENTIONS)
     check_choice(name("positional"), self.positional, POSITIONALS)
+    check_choice(name("tagging_source"), self.tagging_source, TAGGING_SOURCES)
     check_choice(name("implementation"), self.implementation, gravity_ops.IMPLEMENTATIONS)
     check_range(name("eps"), self.eps, 0.0, float("inf"), low_open=True)
     check_int(name("block_size"), self.block_size)
     check_range(name("rope_max_wavelength"), self.rope_max_wavelength, 0.0, float("inf"),
                 low_open=True)
+
+  @property
+  def uses_surprisal(self) -> bool:
+    """Whether the key masses come from the tokens' surprisal (a first reading pass)."""
+    return self.tagging and self.tagging_source == "surprisal"
 
   @property
   def kv_heads(self) -> int:
@@ -109,7 +125,7 @@ class SelfAttention(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x, *, segment_ids=None, positions=None):
+  def __call__(self, x, *, segment_ids=None, positions=None, surprisal=None, quiet=False):
     """Attends causally within each segment.
 
     Args:
@@ -118,6 +134,9 @@ class SelfAttention(nn.Module):
         padding. None: one document.
       positions: int [batch, length], position within the document (RoPE and the positional
         fields). None: 0, 1, ... (while decoding: the cache slots of the new tokens).
+      surprisal: float [batch, length], each token's stop-gradient surprisal (nats), for
+        `tagging_source="surprisal"`; None there means an untagged first reading pass.
+      quiet: sow nothing (the first reading pass must not count twice in diagnostics).
 
     Returns:
       [batch, length, features].
@@ -147,14 +166,20 @@ class SelfAttention(nn.Module):
     if cfg.positional == "rope":
       q = rope.apply(q, positions, max_wavelength=cfg.rope_max_wavelength)
       k = rope.apply(k, positions, max_wavelength=cfg.rope_max_wavelength)
-    key_mass = ContextTagging(dtype=self.dtype, name="tagging")(x) if cfg.tagging else None
+    key_mass = None
+    if cfg.uses_surprisal:
+      if surprisal is not None:
+        key_mass = SurprisalTagging(name="tagging")(surprisal)
+    elif cfg.tagging:
+      key_mass = ContextTagging(dtype=self.dtype, name="tagging")(x)
 
     mass = None
     if cfg.kind == "gravity":
       raw = self.param("gravity_mass_log", nn.initializers.constant(cfg.mass_init),
                        (cfg.num_heads,), jnp.float32)
       mass = nn.softplus(raw)
-      self.sow("diagnostics", "gravity_mass_mean", jnp.mean(mass))
+      if not quiet:
+        self.sow("diagnostics", "gravity_mass_mean", jnp.mean(mass))
     power_law = alibi = None
     if cfg.positional == "power_law":
       power_law = PowerLawField(cfg.num_heads, name="power_law")()

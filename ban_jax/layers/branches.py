@@ -263,13 +263,15 @@ class BranchedAttractor(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, quiet=False):
     """Applies the branched attractor per position.
 
     Args:
       x: [batch, length, d_model] (normalised) hidden states.
       mask: optional bool [batch, length], True at real tokens; diagnostics and the load-balance
         loss ignore the rest.
+      quiet: sow nothing, neither diagnostics nor the load-balance loss (a model's first,
+        no-gradient reading pass).
 
     Returns:
       [batch, length, d_model] in `dtype`.
@@ -303,7 +305,8 @@ class BranchedAttractor(nn.Module):
       route = focus_prob / jax.lax.stop_gradient(focus_prob)
     y = y * route[..., None].astype(y.dtype)
 
-    self._sow_diagnostics(mask, focus, probs, h, z, residual, influence, is_open)
+    if not quiet:
+      self._sow_diagnostics(mask, focus, probs, h, z, residual, influence, is_open)
     return y
 
   def _sow_diagnostics(self, mask, focus, probs, h, z, residual, influence, is_open):

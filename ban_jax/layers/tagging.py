@@ -35,3 +35,24 @@ class ContextTagging(nn.Module):
     mass = nn.softplus(logit.astype(jnp.float32))
     self.sow("intermediates", "key_mass", mass)
     return mass
+
+
+class SurprisalTagging(nn.Module):
+  """A token's mass from its own surprisal: m_j = softplus(w · s_j + b), s_j = −log P(x_j|x_<j).
+
+  The information-mass theory's potential Φ as the key's gravitational mass: a token that was
+  hard to predict (carries much information) can pull harder (w > 0) or less (w < 0); the model
+  learns the sign and slope per layer. `s` arrives stop-gradient (a first reading pass of the
+  model computes it, see `ban_jax.models.common.read_then_attend`). w starts at 0 and b at
+  softplus⁻¹(1): every mass starts at 1, as `ContextTagging`'s do. Sows `key_mass` like it.
+  """
+
+  @nn.compact
+  def __call__(self, surprisal):
+    """surprisal: float [batch, length], in nats -> float32 masses [batch, length], all > 0."""
+    w = self.param("slope", nn.initializers.zeros, (), jnp.float32)
+    b = self.param("bias", nn.initializers.constant(float(softplus_inverse(1.0))), (),
+                   jnp.float32)
+    mass = nn.softplus(w * surprisal.astype(jnp.float32) + b)
+    self.sow("intermediates", "key_mass", mass)
+    return mass

@@ -16,6 +16,7 @@ from ban_jax.layers.attention import AttentionConfig, SelfAttention
 from ban_jax.layers.branches import AttractorConfig, BranchedAttractor
 from ban_jax.layers.validation import check_int
 from ban_jax.models.common import check_trunk
+from ban_jax.models.common import read_then_attend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,8 @@ class BANBlock(nn.Module):
   config: BANConfig
 
   @nn.compact
-  def __call__(self, x, segment_ids=None, positions=None, mask=None, deterministic=True):
+  def __call__(self, x, segment_ids=None, positions=None, mask=None, deterministic=True,
+               surprisal=None, quiet=False):
     """Applies the block.
 
     Args:
@@ -73,6 +75,8 @@ class BANBlock(nn.Module):
       positions: optional int32 [batch, length].
       mask: optional bool [batch, length], True at real tokens.
       deterministic: False enables dropout.
+      surprisal: optional float [batch, length], for surprisal tagging (see `SelfAttention`).
+      quiet: sow nothing (a first reading pass).
 
     Returns:
       [batch, length, width].
@@ -81,10 +85,11 @@ class BANBlock(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     h = nn.RMSNorm(dtype=dtype, name="attention_norm")(x)
     h = SelfAttention(cfg.attention, dtype=dtype, name="attention")(
-        h, segment_ids=segment_ids, positions=positions)
+        h, segment_ids=segment_ids, positions=positions, surprisal=surprisal, quiet=quiet)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     h = nn.RMSNorm(dtype=dtype, name="attractor_norm")(x)
-    h = BranchedAttractor(cfg.attractor, dtype=dtype, name="attractor")(h, mask=mask)
+    h = BranchedAttractor(cfg.attractor, dtype=dtype, name="attractor")(h, mask=mask,
+                                                                       quiet=quiet)
     return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
 
@@ -117,18 +122,24 @@ class BANLM(nn.Module):
     mask = None if segment_ids is None else segment_ids != 0
     embed = nn.Embed(self.vocab_size, cfg.width, dtype=dtype,
                      embedding_init=nn.initializers.normal(1.0), name="embed")
-    x = embed(tokens)
-    # static_argnums counts `self`: 5 is `deterministic`, a Python bool.
-    block = nn.remat(BANBlock, static_argnums=(5,)) if cfg.remat else BANBlock
-    for i in range(cfg.depth):
-      x = block(cfg, name=f"layer_{i}")(x, segment_ids, positions, mask, deterministic)
-    x = nn.RMSNorm(dtype=dtype, name="final_norm")(x)
-    if cfg.tie_embeddings:
-      # Unit-variance embeddings as output weights would give O(sqrt(width)) logits: scale.
-      logits = embed.attend(x * cfg.width ** -0.5)
-    else:
-      logits = nn.Dense(self.vocab_size, use_bias=False, dtype=dtype, name="logits")(x)
-    return logits.astype(jnp.float32)
+    # static_argnums counts `self`: 5 is `deterministic` and 7 `quiet`, Python bools.
+    block = nn.remat(BANBlock, static_argnums=(5, 7)) if cfg.remat else BANBlock
+    blocks = [block(cfg, name=f"layer_{i}") for i in range(cfg.depth)]
+    final_norm = nn.RMSNorm(dtype=dtype, name="final_norm")
+    head = None if cfg.tie_embeddings else nn.Dense(self.vocab_size, use_bias=False,
+                                                    dtype=dtype, name="logits")
+
+    def trunk(surprisal, quiet):
+      x = embed(tokens)
+      for layer in blocks:
+        x = layer(x, segment_ids, positions, mask, deterministic, surprisal, quiet)
+      x = final_norm(x)
+      if head is None:
+        # Unit-variance embeddings as output weights would give O(sqrt(width)) logits: scale.
+        return embed.attend(x * cfg.width ** -0.5).astype(jnp.float32)
+      return head(x).astype(jnp.float32)
+
+    return read_then_attend(trunk, tokens, segment_ids, cfg.attention)
 
 
 def with_unroll(model: BANLM, unroll: Any = True) -> BANLM:

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from ban_jax.layers.validation import check_choice
 from ban_jax.layers.validation import check_int
 from ban_jax.layers.validation import check_range
+from ban_jax.ops import surprisal as surprisal_ops
 
 # What `config.model.dtype` may name (the activations' dtype; parameters stay float32).
 DTYPES = ("float32", "bfloat16", "float16")
@@ -57,3 +58,28 @@ def check_trunk(config) -> str:
                      f"{config.attention.num_heads}; change one or set model.head_dim.")
   check_range("model.dropout_rate", config.dropout_rate, 0.0, 1.0, high_open=True)
   return dtype_name("model.dtype", config.dtype)
+
+
+def read_then_attend(trunk, tokens, segment_ids, attention_config):
+  """The model's logits, reading the window twice when key masses come from surprisal.
+
+  With `attention_config.uses_surprisal`, a first pass without tags (and without sowing
+  anything) predicts every token; each token's surprisal under that prediction, stop-gradient,
+  becomes its key mass in the second pass, whose logits are returned. Otherwise one pass. The
+  first pass is a full forward: it shows in XLA's FLOPs and in the benchmarks' budgets.
+
+  Args:
+    trunk: (surprisal or None, quiet: bool) -> float logits [batch, length, vocab]; the same
+      module instances (same parameters) in both calls.
+    tokens: int [batch, length].
+    segment_ids: optional int [batch, length].
+    attention_config: the model's `AttentionConfig`.
+
+  Returns:
+    float logits [batch, length, vocab].
+  """
+  if not attention_config.uses_surprisal:
+    return trunk(None, False)
+  first = trunk(None, True)
+  surprisal = jax.lax.stop_gradient(surprisal_ops.token_surprisal(first, tokens, segment_ids))
+  return trunk(surprisal, False)

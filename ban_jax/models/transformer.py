@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from ban_jax.layers.attention import AttentionConfig, SelfAttention
 from ban_jax.layers.validation import check_int
 from ban_jax.models.common import check_trunk
+from ban_jax.models.common import read_then_attend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +63,12 @@ class Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, segment_ids, positions, deterministic):
+  def __call__(self, x, segment_ids, positions, deterministic, surprisal=None, quiet=False):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     h = nn.RMSNorm(dtype=dtype, name="attn_norm")(x)
     h = SelfAttention(cfg.attention, dtype=dtype, name="attn")(
-        h, segment_ids=segment_ids, positions=positions)
+        h, segment_ids=segment_ids, positions=positions, surprisal=surprisal, quiet=quiet)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     h = Mlp(cfg.mlp_dim, dtype=dtype, name="mlp")(nn.RMSNorm(dtype=dtype, name="mlp_norm")(x))
     return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -91,11 +92,16 @@ class TransformerLM(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     embed = nn.Embed(self.vocab_size, cfg.width, dtype=dtype,
                      embedding_init=nn.initializers.normal(1.0), name="embed")
-    x = embed(tokens)
-    # static_argnums counts `self`: 4 is `deterministic`, a Python bool.
-    block = nn.remat(Block, static_argnums=(4,)) if cfg.remat else Block
-    for i in range(cfg.depth):
-      x = block(cfg, name=f"block_{i}")(x, segment_ids, positions, deterministic)
-    x = nn.RMSNorm(dtype=dtype, name="final_norm")(x)
-    # Unit-variance embeddings as logits weights would make initial logits O(sqrt(d)): scale.
-    return embed.attend(x * cfg.width ** -0.5).astype(jnp.float32)
+    # static_argnums counts `self`: 4 is `deterministic` and 6 `quiet`, Python bools.
+    block = nn.remat(Block, static_argnums=(4, 6)) if cfg.remat else Block
+    blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.depth)]
+    final_norm = nn.RMSNorm(dtype=dtype, name="final_norm")
+
+    def trunk(surprisal, quiet):
+      x = embed(tokens)
+      for layer in blocks:
+        x = layer(x, segment_ids, positions, deterministic, surprisal, quiet)
+      # Unit-variance embeddings as logits weights would make initial logits O(sqrt(d)): scale.
+      return embed.attend(final_norm(x) * cfg.width ** -0.5).astype(jnp.float32)
+
+    return read_then_attend(trunk, tokens, segment_ids, cfg.attention)

@@ -11,6 +11,7 @@ import pytest
 from ban_jax.models import make_config
 from ban_jax.models.ban import BANLM
 from ban_jax.models.common import param_count
+from ban_jax.ops.surprisal import token_surprisal
 
 # Flat `config.model` fields, as configs/wiki.py spells them.
 TINY = dict(d_model=32, num_layers=2, num_heads=2, num_branches=3, attractor_steps=3)
@@ -196,3 +197,58 @@ def test_from_a_config_dict():
   cfg.mlp_dim = 128
   with pytest.raises(ValueError, match="model.mlp_dim"):
     make_config(cfg)
+
+
+SURPRISAL = dict(attention="gravity", positional="power_law", tagging=True,
+                 tagging_source="surprisal", tie_embeddings=False)
+
+
+def _set_tagging(params, slope, bias):
+  params = jax.tree.map(lambda x: x, params)
+  for layer in ("layer_0", "layer_1"):
+    params[layer]["attention"]["tagging"] = {"slope": jnp.float32(slope),
+                                             "bias": jnp.float32(bias)}
+  return params
+
+
+def test_surprisal_tagging_reads_the_window_with_the_untagged_model_first():
+  tagged, plain = _ban(**SURPRISAL), _ban(**dict(SURPRISAL, tagging=False))
+  tokens = _tokens(3)
+  params = _set_tagging(_params(tagged, tokens), 0.8, -0.5)
+  plain_params = {k: v for k, v in params.items()}
+  for layer in ("layer_0", "layer_1"):
+    plain_params[layer] = dict(params[layer], attention={
+        k: v for k, v in params[layer]["attention"].items() if k != "tagging"})
+  logits, state = tagged.apply({"params": params}, tokens,
+                               mutable=["diagnostics", "losses", "intermediates"])
+  reading = plain.apply({"params": plain_params}, tokens)
+  s = np.asarray(token_surprisal(reading, tokens), np.float64)
+  want = np.log1p(np.exp(0.8 * s - 0.5))
+  got = np.asarray(state["intermediates"]["layer_0"]["attention"]["tagging"]["key_mass"][0])
+  assert np.max(np.abs(got - want) / want) < 1e-5          # masses from the reading pass
+  assert np.max(np.abs(np.asarray(logits) - np.asarray(reading))) > 1e-3   # and they matter
+  # The reading pass sows nothing: one value per diagnostic, one load-balance loss per layer.
+  assert all(len(v) == 1 for v in jax.tree.leaves(
+      state["diagnostics"], is_leaf=lambda x: isinstance(x, tuple)))
+  assert len(jax.tree.leaves(state["losses"])) == 2
+  # With unit masses (slope 0, bias softplus⁻¹(1)) the tagged model is the untagged one.
+  unit = _set_tagging(params, 0.0, float(np.log(np.expm1(1.0))))
+  np.testing.assert_allclose(tagged.apply({"params": unit}, tokens), reading, atol=2e-5)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_surprisal_tagging_is_causal_under_perturbation(remat):
+  # The surprisal path is stop-gradient, so gradients cannot show a leak: change tokens.
+  model = _ban(**SURPRISAL, remat=remat)
+  tokens = _tokens(4)
+  params = _set_tagging(_params(model, tokens), 1.0, 0.0)
+  apply = jax.jit(lambda t: model.apply({"params": params}, t))
+  base = np.asarray(apply(tokens))
+  for t in (3, 9, 15):
+    changed = tokens.copy()
+    changed[:, t] = (changed[:, t] + 1) % 64
+    out = np.asarray(apply(changed))
+    np.testing.assert_array_equal(out[:, :t], base[:, :t])
+    assert np.max(np.abs(out[:, t:] - base[:, t:])) > 0
+  grads = jax.grad(lambda p: model.apply({"params": p}, tokens).sum())(params)
+  assert float(jnp.abs(grads["layer_1"]["attention"]["tagging"]["slope"])) > 0
