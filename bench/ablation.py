@@ -25,22 +25,15 @@ import time
 from absl import app
 from absl import flags
 
+FLAGS = flags.FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench import ablation_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import cli_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bench.cli_runs import BAN, FULL, SCALES, SEEDS  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_SCALE = flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "Model size and FLOPs budget.")
-_DEADLINE = flags.DEFINE_float("deadline_s", 0, "Start no run that would end past this many "
-                               "seconds from now (0: no deadline); a run cut short resumes.")
-_RESUME = flags.DEFINE_bool("resume", True, "Keep finished runs in the results file.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/ban_ablation", "Where the runs' workdirs go.")
-_OUT = flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "ablation.json"),
-                           "Results file (JSON, appended per finished run).")
-_ARMS = flags.DEFINE_list("arms", [], "Only these arms (default: all).")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write the table and chart; train nothing.")
 
+BAN, FULL, SCALES, SEEDS = cli_runs.BAN, cli_runs.FULL, cli_runs.SCALES, cli_runs.SEEDS
 ARMS = {
     "transformer": dict(BAN, model="transformer"),
     # Twice the blocks: 2x the non-embedding parameters (1.84x in all at CPU scale).
@@ -73,7 +66,7 @@ def flops_per_step(arm: str, scale: dict) -> tuple[float, int]:
 
 def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline):
   """Trains one run through the CLI; returns its record, or None if the deadline cut it."""
-  workdir = os.path.join(_WORKDIR.value, scale_name, f"{arm}_lr{lr:g}_s{seed}")
+  workdir = os.path.join(FLAGS.workdir, scale_name, f"{arm}_lr{lr:g}_s{seed}")
   start = time.time()
   status = cli_runs.run_cli(ARMS[arm]["model"], workdir,
                             overrides(arm, scale, steps=steps, lr=lr, seed=seed), deadline)
@@ -94,14 +87,14 @@ def run_one(arm, scale_name, scale, *, steps, lr, seed, flops, params, deadline)
 
 def main(argv):
   del argv
-  os.environ.setdefault("JAX_PLATFORMS", "cpu" if _SCALE.value == "cpu" else "")
-  scale_name, scale = _SCALE.value, SCALES[_SCALE.value]
-  results = cli_runs.load_json(_OUT.value) if _RESUME.value else {"runs": []}
-  if _REPORT_ONLY.value:
-    ablation_report.report(results, _OUT.value, scale_name)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu" if FLAGS.scale == "cpu" else "")
+  scale_name, scale = FLAGS.scale, SCALES[FLAGS.scale]
+  results = cli_runs.load_json(FLAGS.out) if FLAGS.resume else {"runs": []}
+  if FLAGS.report_only:
+    ablation_report.report(results, FLAGS.out, scale_name)
     return
-  deadline = time.time() + _DEADLINE.value if _DEADLINE.value else None
-  arms = _ARMS.value or list(ARMS)
+  deadline = time.time() + FLAGS.deadline_s if FLAGS.deadline_s else None
+  arms = FLAGS.arms or list(ARMS)
   unknown = sorted(set(arms) - set(ARMS))
   if unknown:
     raise app.UsageError(f"unknown arms {unknown}; choose from {list(ARMS)}")
@@ -110,7 +103,7 @@ def main(argv):
     if arm not in sizing:
       flops, params = flops_per_step(arm, scale)
       sizing[arm] = {"flops_per_update": flops, "params": params}
-      cli_runs.save_json(_OUT.value, results)
+      cli_runs.save_json(FLAGS.out, results)
   budget = sizing["ban"]["flops_per_update"] * scale["ban_steps"] if "ban" in sizing else None
   if budget is None:
     sizing["ban"] = dict(zip(("flops_per_update", "params"), flops_per_step("ban", scale)))
@@ -153,12 +146,27 @@ def main(argv):
       break
     results["runs"].append(record)
     walls.append(record["wall_s"])
-    cli_runs.save_json(_OUT.value, results)
+    cli_runs.save_json(FLAGS.out, results)
     print(f"[ablation]   val {record['val_bpb']:.4f} bits/byte (gzip "
           f"{record['val_gzip_bpb']:.3f}), {record['train_flops'] / budget:.3f} of the budget, "
           f"{record['wall_s']:.0f} s; {len(results['runs'])} runs done", flush=True)
-  ablation_report.report(results, _OUT.value, scale_name)
+  ablation_report.report(results, FLAGS.out, scale_name)
+
+
+def define_flags():
+  """The command line's flags (defined on run, so that tests can import several scripts)."""
+  flags.DEFINE_enum("scale", "cpu", ["cpu", "gpu"], "Model size and FLOPs budget.")
+  flags.DEFINE_float("deadline_s", 0,
+                     "Start no run that would end past this many seconds from now (0: no "
+                     "deadline); a run cut short resumes.")
+  flags.DEFINE_bool("resume", True, "Keep finished runs in the results file.")
+  flags.DEFINE_string("workdir", "/tmp/ban_ablation", "Where the runs' workdirs go.")
+  flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "ablation.json"),
+                      "Results file (JSON, appended per finished run).")
+  flags.DEFINE_list("arms", [], "Only these arms (default: all).")
+  flags.DEFINE_bool("report_only", False, "Write the table and chart; train nothing.")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,4 +1,4 @@
-r"""Length extrapolation: train at T=128, evaluate bits/byte at T = 128 ... 1024, per positional kind.
+r"""Length extrapolation: train at T=128, score bits/byte at T = 128 ... 1024 per positional kind.
 
     python bench/extrapolation.py --deadline_s=1800     # trains what is missing, then evaluates
     python bench/extrapolation.py --report_only         # the plot and table from the JSON
@@ -28,17 +28,12 @@ import time
 from absl import app
 from absl import flags
 
+FLAGS = flags.FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from bench import cli_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_DEADLINE = flags.DEFINE_float("deadline_s", 0, "Start no training that would end past this "
-                               "many seconds from now (0: no deadline); a cut run resumes.")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/ban_extrapolation", "Where the runs train.")
-_OUT = flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "extrapolation.json"),
-                           "Results file (JSON, rewritten after every finished arm).")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds per arm.")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write the plot; train nothing.")
 
 TRAIN_LEN = 128
 EVAL_LENS = (128, 256, 512, 1024)
@@ -125,18 +120,18 @@ def main(argv):
   del argv
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from ban_jax.inference import trained  # pylint: disable=g-import-not-at-top
-  results = cli_runs.load_json(_OUT.value)
-  if _REPORT_ONLY.value:
-    report(results, _OUT.value)
+  results = cli_runs.load_json(FLAGS.out)
+  if FLAGS.report_only:
+    report(results, FLAGS.out)
     return
-  deadline = time.time() + _DEADLINE.value if _DEADLINE.value else None
+  deadline = time.time() + FLAGS.deadline_s if FLAGS.deadline_s else None
   scale = dict(cli_runs.SCALES["cpu"], seq_len=TRAIN_LEN)
   steps = scale["ban_steps"]
-  for seed in (int(s) for s in _SEEDS.value):
+  for seed in (int(s) for s in FLAGS.seeds):
     for arm, spec in ARMS.items():
       if any(r["arm"] == arm and r["seed"] == seed for r in results["runs"]):
         continue
-      workdir = os.path.join(_WORKDIR.value, _name(arm, seed))
+      workdir = os.path.join(FLAGS.workdir, _name(arm, seed))
       print(f"[extrapolation] {arm} seed {seed}: {steps} steps at T={TRAIN_LEN}", flush=True)
       start = time.time()
       status = cli_runs.run_cli(spec["model"], workdir, cli_runs.overrides(
@@ -154,9 +149,22 @@ def main(argv):
           "lr": LEARNING_RATE, "train_len": TRAIN_LEN, "params": final["num_params"],
           "train_wall_s": wall, "lengths": evaluate_lengths(workdir)})
       trained.export(trained.load(workdir), os.path.join(EXPORT_DIR, _name(arm, seed)))
-      cli_runs.save_json(_OUT.value, results)
-  report(results, _OUT.value)
+      cli_runs.save_json(FLAGS.out, results)
+  report(results, FLAGS.out)
+
+
+def define_flags():
+  """The command line's flags (defined on run, so that tests can import several scripts)."""
+  flags.DEFINE_float("deadline_s", 0,
+                     "Start no training that would end past this many seconds from now (0: no "
+                     "deadline); a cut run resumes.")
+  flags.DEFINE_string("workdir", "/tmp/ban_extrapolation", "Where the runs train.")
+  flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "extrapolation.json"),
+                      "Results file (JSON, rewritten after every finished arm).")
+  flags.DEFINE_list("seeds", ["0"], "Seeds per arm.")
+  flags.DEFINE_bool("report_only", False, "Write the plot; train nothing.")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
