@@ -22,6 +22,7 @@ from ban_jax.layers.tagging import ContextTagging
 from ban_jax.layers.tagging import SurprisalTagging
 from ban_jax.layers.validation import check_choice, check_int, check_range
 from ban_jax.ops import gravity as gravity_ops
+from ban_jax.ops import kv_cache as kv_ops
 from ban_jax.ops import positional as pos_ops
 from ban_jax.ops import rope
 
@@ -118,14 +119,13 @@ class SelfAttention(nn.Module):
   Attributes:
     config: the `AttentionConfig`.
     dtype: computation dtype.
-    decode: keep a key/value cache in the "cache" collection (see `__call__`).
   """
   config: AttentionConfig = AttentionConfig()
   dtype: Any = jnp.float32
-  decode: bool = False
 
   @nn.compact
-  def __call__(self, x, *, segment_ids=None, positions=None, surprisal=None, quiet=False):
+  def __call__(self, x, *, segment_ids=None, positions=None, surprisal=None, quiet=False,
+               kv: kv_ops.KVSpec | None = None, token_surprisal=None):
     """Attends causally within each segment.
 
     Args:
@@ -133,28 +133,31 @@ class SelfAttention(nn.Module):
       segment_ids: int [batch, length]; packed documents do not attend to each other and 0 is
         padding. None: one document.
       positions: int [batch, length], position within the document (RoPE and the positional
-        fields). None: 0, 1, ... (while decoding: the cache slots of the new tokens).
+        fields). None: 0, 1, ... (while decoding: continuing from the last cached position).
       surprisal: float [batch, length], each token's stop-gradient surprisal (nats), for
         `tagging_source="surprisal"`; None there means an untagged first reading pass.
-      quiet: sow nothing (the first reading pass must not count twice in diagnostics).
+      quiet: sow nothing (the first reading pass must not count twice in diagnostics); while
+        decoding, also keep this pass's own cache.
+      kv: decode against a bounded key/value cache (`ban_jax.ops.kv_cache.KVSpec`) kept in the
+        "cache" collection: `apply(..., kv=spec, mutable=["cache"])` takes the next tokens (a
+        prompt, then one at a time), attends to every cached slot and to themselves, and
+        stores them, evicting by the spec's policy when the slots are full. One document per
+        batch row (`segment_ids` is ignored). The first such call creates the cache.
+      token_surprisal: float [batch, length], while decoding: each new token's surprisal under
+        the model (the loop knows it from the previous step's logits), kept per slot for the
+        "gravity" policy. None: 0.
 
     Returns:
       [batch, length, features].
-
-    Decoding: with `decode=True`, `init` on a [batch, max_length, features] input sizes the
-    cache; each later `apply(..., mutable=["cache"])` takes the next `length` >= 1 tokens
-    (a prompt, then one at a time), writes their keys and values at the cache index, and
-    attends to everything cached so far.
     """
     cfg = self.config
     batch, length, features = x.shape
     head_dim = cfg.head_dim or features // cfg.num_heads
-    decoding = self.decode and self.has_variable("cache", "cached_key")
-    index = None
-    if decoding:
-      index = self.get_variable("cache", "cache_index")
+    prefix = "read_" if quiet else ""
     if positions is None:
-      start = 0 if index is None else index
+      start = 0
+      if kv is not None and self.has_variable("cache", prefix + "slots"):
+        start = jnp.max(self.get_variable("cache", prefix + "slots")["position"]) + 1
       positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32),
                                    (batch, length))
 
@@ -188,8 +191,9 @@ class SelfAttention(nn.Module):
 
     op_args = dict(eps=cfg.eps, power_law=power_law, alibi_slopes=alibi, score=cfg.kind,
                    implementation=cfg.implementation, block_k=cfg.block_size)
-    if self.decode:
-      out = self._cached(q, k, v, mass, key_mass, segment_ids, positions, op_args)
+    if kv is not None:
+      out = self._decode(q, k, v, mass, key_mass, positions, kv, token_surprisal, prefix,
+                         op_args)
     elif (cfg.kind == "dot" and cfg.implementation == "auto" and not cfg.tagging
           and cfg.positional in ("rope", "none")):
       mask = None
@@ -204,42 +208,26 @@ class SelfAttention(nn.Module):
     return nn.DenseGeneral(features, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                            name="out")(out)
 
-  def _cached(self, q, k, v, mass, key_mass, segment_ids, positions, op_args):
-    """Writes the new keys/values into the cache and attends to all of it."""
+  def _decode(self, q, k, v, mass, key_mass, positions, kv, token_surprisal, prefix, op_args):
+    """Attends to the cached slots and the new tokens; stores the new tokens, evicting."""
     batch, length = q.shape[:2]
-    initialised = self.has_variable("cache", "cached_key")
-    c_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-    c_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-    c_pos = self.variable("cache", "cached_positions", jnp.zeros, (batch, length), jnp.int32)
-    c_seg = self.variable("cache", "cached_segment_ids", jnp.zeros, (batch, length), jnp.int32)
-    c_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    c_mass = None
-    if key_mass is not None:
-      c_mass = self.variable("cache", "cached_key_mass", jnp.ones, (batch, length), jnp.float32)
-    if segment_ids is None:
-      segment_ids = jnp.ones((batch, length), jnp.int32)
-    if not initialised:
-      # `init`: the input only sizes the cache; attend over it as an ordinary forward.
-      return gravity_ops.gravity_attention(q, k, v, mass, causal=True, segment_ids=segment_ids,
-                                           positions=positions, key_mass=key_mass, **op_args)
-    max_len = c_key.value.shape[1]
-    if length > max_len:
-      raise ValueError(f"{length} new tokens do not fit a decode cache of length {max_len}; "
-                      "initialise the cache with a longer input.")
-    index = c_index.value
-    put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
-        cache, new.astype(cache.dtype), index, 1)
-    c_key.value = put(c_key.value, k)
-    c_value.value = put(c_value.value, v)
-    c_pos.value = put(c_pos.value, positions.astype(jnp.int32))
-    c_seg.value = put(c_seg.value, segment_ids.astype(jnp.int32))
-    if c_mass is not None:
-      c_mass.value = put(c_mass.value, key_mass)
-    c_index.value = index + length
-    return gravity_ops.gravity_attention_decode(
-        q, c_key.value, c_value.value, mass, index=index,
-        segment_ids=(segment_ids, c_seg.value), positions=(positions, c_pos.value),
-        key_mass=None if c_mass is None else c_mass.value, **op_args)
+    slots = self.variable("cache", prefix + "slots", kv_ops.empty, batch, kv.slots,
+                          k.shape[2], k.shape[3], v.shape[3], k.dtype)
+    candidates = kv_ops.concat(slots.value, kv_ops.new_entries(k, v, positions, key_mass,
+                                                              token_surprisal))
+    # Empty slots get segment 0 (invisible); the new tokens see the slots and, causally, each
+    # other (key j is visible to query i iff j <= i + kv.slots).
+    filled = (candidates["position"] >= 0).astype(jnp.int32)
+    out, weights = gravity_ops.gravity_attention_weights(
+        q, candidates["k"], candidates["v"], mass, eps=op_args["eps"], causal=True,
+        q_offset=kv.slots, segment_ids=(jnp.ones((batch, length), jnp.int32), filled),
+        positions=(positions, candidates["position"]),
+        key_mass=None if key_mass is None else candidates["key_mass"],
+        power_law=op_args["power_law"], alibi_slopes=op_args["alibi_slopes"],
+        score=op_args["score"])
+    candidates = kv_ops.observe(candidates, weights)
+    slots.value = kv_ops.select(kv, candidates, positions[:, -1])
+    return out
 
 
 # The gravity layer under the name the Gravity-2 paper uses; the same module.

@@ -66,7 +66,7 @@ class BANBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, segment_ids=None, positions=None, mask=None, deterministic=True,
-               surprisal=None, quiet=False):
+               surprisal=None, quiet=False, kv=None, token_surprisal=None):
     """Applies the block.
 
     Args:
@@ -77,6 +77,7 @@ class BANBlock(nn.Module):
       deterministic: False enables dropout.
       surprisal: optional float [batch, length], for surprisal tagging (see `SelfAttention`).
       quiet: sow nothing (a first reading pass).
+      kv, token_surprisal: decode against a key/value cache (see `SelfAttention`).
 
     Returns:
       [batch, length, width].
@@ -85,7 +86,8 @@ class BANBlock(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     h = nn.RMSNorm(dtype=dtype, name="attention_norm")(x)
     h = SelfAttention(cfg.attention, dtype=dtype, name="attention")(
-        h, segment_ids=segment_ids, positions=positions, surprisal=surprisal, quiet=quiet)
+        h, segment_ids=segment_ids, positions=positions, surprisal=surprisal, quiet=quiet, kv=kv,
+        token_surprisal=token_surprisal)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     h = nn.RMSNorm(dtype=dtype, name="attractor_norm")(x)
     h = BranchedAttractor(cfg.attractor, dtype=dtype, name="attractor")(h, mask=mask,
@@ -104,7 +106,8 @@ class BANLM(nn.Module):
   config: BANConfig = BANConfig()
 
   @nn.compact
-  def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic=True):
+  def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic=True, kv=None,
+               token_surprisal=None):
     """Maps tokens to per-position logits, causally.
 
     Args:
@@ -112,6 +115,10 @@ class BANLM(nn.Module):
       segment_ids: optional int32 [batch, length]; packed documents, 0 = padding.
       positions: optional int32 [batch, length]; position within the document.
       deterministic: False enables dropout (rng stream "dropout").
+      kv: a `ban_jax.ops.kv_cache.KVSpec` to decode against the "cache" collection: the tokens
+        continue what earlier calls stored (see `ban_jax.inference.decode`).
+      token_surprisal: float [batch, length], while decoding: the new tokens' surprisal under
+        the model, for the "gravity" cache policy.
 
     Returns:
       float32 logits [batch, length, vocab_size].
@@ -122,8 +129,8 @@ class BANLM(nn.Module):
     mask = None if segment_ids is None else segment_ids != 0
     embed = nn.Embed(self.vocab_size, cfg.width, dtype=dtype,
                      embedding_init=nn.initializers.normal(1.0), name="embed")
-    # static_argnums counts `self`: 5 is `deterministic` and 7 `quiet`, Python bools.
-    block = nn.remat(BANBlock, static_argnums=(5, 7)) if cfg.remat else BANBlock
+    # static_argnums counts `self`: 5 is `deterministic`, 7 `quiet` and 8 `kv`, static.
+    block = nn.remat(BANBlock, static_argnums=(5, 7, 8)) if cfg.remat else BANBlock
     blocks = [block(cfg, name=f"layer_{i}") for i in range(cfg.depth)]
     final_norm = nn.RMSNorm(dtype=dtype, name="final_norm")
     head = None if cfg.tie_embeddings else nn.Dense(self.vocab_size, use_bias=False,
@@ -132,14 +139,20 @@ class BANLM(nn.Module):
     def trunk(surprisal, quiet):
       x = embed(tokens)
       for layer in blocks:
-        x = layer(x, segment_ids, positions, mask, deterministic, surprisal, quiet)
+        x = layer(x, segment_ids, positions, mask, deterministic, surprisal, quiet, kv,
+                  token_surprisal)
       x = final_norm(x)
       if head is None:
         # Unit-variance embeddings as output weights would give O(sqrt(width)) logits: scale.
         return embed.attend(x * cfg.width ** -0.5).astype(jnp.float32)
       return head(x).astype(jnp.float32)
 
-    return read_then_attend(trunk, tokens, segment_ids, cfg.attention)
+    reading = None
+    if kv is not None and cfg.attention.uses_surprisal:
+      reading = self.variable("cache", "read_last_logits", jnp.zeros,
+                              (tokens.shape[0], self.vocab_size), jnp.float32)
+    return read_then_attend(trunk, tokens, segment_ids, cfg.attention, positions=positions,
+                            reading=reading)
 
 
 def with_unroll(model: BANLM, unroll: Any = True) -> BANLM:

@@ -60,7 +60,8 @@ def check_trunk(config) -> str:
   return dtype_name("model.dtype", config.dtype)
 
 
-def read_then_attend(trunk, tokens, segment_ids, attention_config):
+def read_then_attend(trunk, tokens, segment_ids, attention_config, *, positions=None,
+                     reading=None):
   """The model's logits, reading the window twice when key masses come from surprisal.
 
   With `attention_config.uses_surprisal`, a first pass without tags (and without sowing
@@ -74,6 +75,10 @@ def read_then_attend(trunk, tokens, segment_ids, attention_config):
     tokens: int [batch, length].
     segment_ids: optional int [batch, length].
     attention_config: the model's `AttentionConfig`.
+    positions: optional int [batch, length]; while decoding, a row whose first position is
+      above 0 continues a text, so its first token's surprisal comes from `reading`.
+    reading: while decoding, a variable (`.value`, float [batch, vocab]) holding the reading
+      pass's logits at the last token of the previous call; updated here.
 
   Returns:
     float logits [batch, length, vocab].
@@ -81,5 +86,10 @@ def read_then_attend(trunk, tokens, segment_ids, attention_config):
   if not attention_config.uses_surprisal:
     return trunk(None, False)
   first = trunk(None, True)
-  surprisal = jax.lax.stop_gradient(surprisal_ops.token_surprisal(first, tokens, segment_ids))
-  return trunk(surprisal, False)
+  previous = None
+  if reading is not None:
+    continues = positions[:, 0] > 0 if positions is not None else None
+    previous = (reading.value, continues)
+    reading.value = first[:, -1]
+  surprisal = surprisal_ops.token_surprisal(first, tokens, segment_ids, previous=previous)
+  return trunk(jax.lax.stop_gradient(surprisal), False)

@@ -63,12 +63,14 @@ class Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, segment_ids, positions, deterministic, surprisal=None, quiet=False):
+  def __call__(self, x, segment_ids, positions, deterministic, surprisal=None, quiet=False,
+               kv=None, token_surprisal=None):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     h = nn.RMSNorm(dtype=dtype, name="attn_norm")(x)
     h = SelfAttention(cfg.attention, dtype=dtype, name="attn")(
-        h, segment_ids=segment_ids, positions=positions, surprisal=surprisal, quiet=quiet)
+        h, segment_ids=segment_ids, positions=positions, surprisal=surprisal, quiet=quiet, kv=kv,
+        token_surprisal=token_surprisal)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     h = Mlp(cfg.mlp_dim, dtype=dtype, name="mlp")(nn.RMSNorm(dtype=dtype, name="mlp_norm")(x))
     return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
@@ -87,21 +89,29 @@ class TransformerLM(nn.Module):
   config: TransformerConfig = TransformerConfig()
 
   @nn.compact
-  def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic=True):
+  def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic=True, kv=None,
+               token_surprisal=None):
+    """As `ban_jax.models.ban.BANLM.__call__`: logits float32 [batch, length, vocab]."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     embed = nn.Embed(self.vocab_size, cfg.width, dtype=dtype,
                      embedding_init=nn.initializers.normal(1.0), name="embed")
-    # static_argnums counts `self`: 4 is `deterministic` and 6 `quiet`, Python bools.
-    block = nn.remat(Block, static_argnums=(4, 6)) if cfg.remat else Block
+    # static_argnums counts `self`: 4 is `deterministic`, 6 `quiet` and 7 `kv`, static.
+    block = nn.remat(Block, static_argnums=(4, 6, 7)) if cfg.remat else Block
     blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.depth)]
     final_norm = nn.RMSNorm(dtype=dtype, name="final_norm")
 
     def trunk(surprisal, quiet):
       x = embed(tokens)
       for layer in blocks:
-        x = layer(x, segment_ids, positions, deterministic, surprisal, quiet)
+        x = layer(x, segment_ids, positions, deterministic, surprisal, quiet, kv,
+                  token_surprisal)
       # Unit-variance embeddings as logits weights would make initial logits O(sqrt(d)): scale.
       return embed.attend(final_norm(x) * cfg.width ** -0.5).astype(jnp.float32)
 
-    return read_then_attend(trunk, tokens, segment_ids, cfg.attention)
+    reading = None
+    if kv is not None and cfg.attention.uses_surprisal:
+      reading = self.variable("cache", "read_last_logits", jnp.zeros,
+                              (tokens.shape[0], self.vocab_size), jnp.float32)
+    return read_then_attend(trunk, tokens, segment_ids, cfg.attention, positions=positions,
+                            reading=reading)

@@ -14,6 +14,7 @@ import pytest
 
 from ban_jax.layers import attention
 from ban_jax.ops import gravity as G
+from ban_jax.ops import kv_cache
 
 WIKI_DUMP = ("gensim/test/test_data/"
              "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
@@ -85,8 +86,8 @@ def test_layer_is_the_op_on_its_projections():
     ("dot", "rope", False),        # full forward via jax.nn, decode via the op
 ])
 def test_decode_with_cache_equals_full_forward(att, posn, tagging):
-  """Prefill 5 tokens, then one at a time into a cache longer than the text: every output
-  equals the full causal forward at that position."""
+  """Prefill 5 tokens, then one at a time into an unbounded ("full") cache longer than the
+  text: every output equals the full causal forward at that position."""
   with jax.default_matmul_precision("highest"):   # jax.nn's float32 is TF32 on GPU otherwise
     _check_decode(att, posn, tagging)
 
@@ -96,18 +97,18 @@ def _check_decode(att, posn, tagging):
   x = _x(length=12)
   params = jax.jit(layer.init)(jax.random.key(1), x)["params"]
   full = jax.jit(layer.apply)({"params": params}, x)
-  dec = layer.clone(decode=True)
-  cache = jax.eval_shape(dec.init, jax.random.key(1), jnp.zeros((2, 16, 16)))["cache"]
-  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
-  step = jax.jit(lambda cache, xt: dec.apply({"params": params, "cache": cache}, xt,
-                                              mutable=["cache"]))
-  out, state = step(cache, x[:, :5])
+  spec = kv_cache.KVSpec("full", slots=16)
+  step = jax.jit(lambda cache, xt: layer.apply({"params": params, "cache": cache}, xt, kv=spec,
+                                                mutable=["cache"]))
+  out, state = jax.jit(lambda xt: layer.apply({"params": params}, xt, kv=spec,
+                                              mutable=["cache"]))(x[:, :5])
   outs = [out]
   for t in range(5, 12):
     out, state = step(state["cache"], x[:, t:t + 1])
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=2e-6)
-  assert int(state["cache"]["cache_index"]) == 12
+  held = np.sort(np.asarray(state["cache"]["slots"]["position"]), axis=1)
+  np.testing.assert_array_equal(held, [[-1] * 4 + list(range(12))] * 2)
 
 
 def test_bad_configuration_raises_value_error_naming_the_flat_field():

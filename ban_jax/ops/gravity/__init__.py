@@ -62,7 +62,8 @@ from ban_jax.ops.gravity.canonical import SCORES
 from ban_jax.ops.gravity.canonical import softplus_inverse
 
 __all__ = ["Config", "DEFAULT_BLOCK_K", "DEFAULT_BLOCK_Q", "IMPLEMENTATIONS", "SCORES",
-           "gravity_attention", "gravity_attention_decode", "softplus_inverse"]
+           "gravity_attention", "gravity_attention_decode", "gravity_attention_weights",
+           "softplus_inverse"]
 
 
 def gravity_attention(query, key, value, mass=None, *, eps: float = 0.1, causal: bool = True,
@@ -171,6 +172,26 @@ def gravity_attention_decode(query, key_cache, value_cache, mass=None, *, index,
                            score=score, implementation=implementation,
                            block_q=query.shape[1], block_k=block_k,
                            pallas_options=pallas_options)
+
+
+def gravity_attention_weights(query, key, value, mass=None, *, eps: float = 0.1,
+                              causal: bool = True, segment_ids=None, positions=None,
+                              key_mass=None, mask=None, power_law=None, alibi_slopes=None,
+                              q_offset=None, score: str = "gravity"):
+  """`gravity_attention` that also returns its weights (materialised; for short query blocks).
+
+  KV-cache policies score cached keys by the attention they receive; this is the exact
+  reference computation with its softmax kept. Arguments as in `gravity_attention`.
+
+  Returns:
+    (out [batch, q_len, heads, v_dim], weights float32 [batch, heads, q_len, k_len]; rows
+    that see no key are all zero).
+  """
+  cfg, diff, aux = canonical.prepare(
+      query, key, value, mass, eps=eps, causal=causal, segment_ids=segment_ids,
+      positions=positions, key_mass=key_mass, mask=mask, power_law=power_law,
+      alibi_slopes=alibi_slopes, q_offset=q_offset, score=score)
+  return xla.reference_with_weights(cfg, diff, aux)
 
 
 def _auto_implementation() -> str:

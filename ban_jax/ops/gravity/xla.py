@@ -28,6 +28,11 @@ from ban_jax.ops.gravity.canonical import visibility
 
 def reference(cfg: Config, diff, aux):
   """Materialised scores, plain autodiff: [batch, q_len, heads, v_dim] in q's dtype."""
+  return reference_with_weights(cfg, diff, aux)[0]
+
+
+def reference_with_weights(cfg: Config, diff, aux):
+  """`reference` and its attention weights, float32 [batch, heads, q_len, k_len]."""
   q, k, v = diff["q"], diff["k"], diff["v"]
   batch, q_len, heads, head_dim = q.shape
   kv_heads = k.shape[2]
@@ -73,7 +78,8 @@ def reference(cfg: Config, diff, aux):
   total = jnp.sum(e, axis=-1, keepdims=True)
   w = e / jnp.where(total > 0, total, 1.0)
   out = jnp.einsum("bkgqs,bskd->bqkgd", w, vf, precision=prec)
-  return out.reshape(batch, q_len, heads, v.shape[-1]).astype(q.dtype)
+  return (out.reshape(batch, q_len, heads, v.shape[-1]).astype(q.dtype),
+          w.reshape(batch, heads, q_len, k.shape[1]))
 
 
 def blockwise(cfg: Config, diff, aux):
