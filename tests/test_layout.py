@@ -145,15 +145,19 @@ def test_gravity_backends_do_not_import_each_other():
 
 def test_ops_import_no_higher_layer():
   higher = tuple(f"{PACKAGE}.{p}" for p in ("layers", "models", "training", "data", "errors",
-                                          "main", "config_validation"))
+                                          "main", "config_validation", "inference",
+                                          "generate"))
   bad = sorted(f"{m} -> {e}" for m, edges in import_graph().items()
                if m.startswith(f"{PACKAGE}.ops") for e in edges if e.startswith(higher))
   assert not bad, bad
 
 
 @pytest.mark.parametrize("lower,higher", [
-    ("layers", ("models", "training", "data", "main")),
-    ("models", ("training", "data", "main")),
+    ("layers", ("models", "training", "data", "main", "inference", "generate")),
+    ("models", ("training", "data", "main", "inference", "generate")),
+    # Decoding and sampling are model-level: training's sample uses them, not the reverse.
+    ("inference.decode", ("training", "data", "main", "generate")),
+    ("inference.generate", ("training", "data", "main", "generate")),
 ])
 def test_imports_run_one_way(lower, higher):
   higher = tuple(f"{PACKAGE}.{p}" for p in higher)

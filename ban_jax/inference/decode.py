@@ -84,6 +84,8 @@ class Decoder:
                             (tokens[:, 1:].T, positions.T))
       return nll.T
 
+    # The traceable step, for callers that fuse it with more work under their own jit.
+    self.apply = apply
     self._apply = jax.jit(apply, donate_argnums=(1,))
     self._prefill = jax.jit(prefill)
     self._score = jax.jit(score)

@@ -11,12 +11,12 @@ import numpy as np
 
 from ban_jax import config_validation
 from ban_jax.errors import UserError
+from ban_jax.inference import generate
 from ban_jax.parallel import mesh as mesh_lib
 from ban_jax.training import budget
 from ban_jax.training import checkpoints
 from ban_jax.training import evaluate
 from ban_jax.training import queue as queue_lib
-from ban_jax.training import sampling
 from ban_jax.training import selection
 from ban_jax.training import setup
 from ban_jax.training import workdir as workdir_lib
@@ -107,10 +107,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if first_step >= total_steps:
       final.update(run_eval(first_step))
 
-  sample = sampling.generate(
+  sample = generate.sample_text(
       plan.model, state.params, data.tokenizer, config.eval.sample_prompt,
-      length=config.eval.sample_length, seq_len=config.data.seq_len,
-      temperature=config.eval.sample_temperature, rng=jax.random.fold_in(state.rng, 1 << 30))
+      length=config.eval.sample_length, temperature=config.eval.sample_temperature,
+      rng=jax.random.fold_in(state.rng, 1 << 30), train_len=config.data.seq_len)
   writer.write_text(total_steps, "sample", sample)
   writer.close()
   ckpt.close()
