@@ -6,12 +6,11 @@ a difference counts as shown when it exceeds twice its standard error.
 """
 
 import math
-import os
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_MD = os.path.join(REPO, "docs", "results.md")
+from bench import cli_runs
+
 ORDER = ("transformer", "transformer_2x", "ban", "ban+gravity", "+tagging", "+power_law", "full",
          "full-gravity", "full-tagging", "full-power_law", "full_surprisal_tags")
 
@@ -184,8 +183,7 @@ def report(results: dict, json_path: str, scale: str = "cpu"):
   runs = [r for r in results["runs"] if r["scale"] == scale]
   flops = [r["train_flops"] for r in runs if not r.get("diverged")]
   spread = (max(flops) / min(flops) - 1) if flops else float("nan")
-  with open(RESULTS_MD, "w") as f:
-    f.write(f"""# Results: the Information Gravity system, mechanism by mechanism
+  lines = [f"""## The Information Gravity system, mechanism by mechanism
 
 Written by `python bench/ablation.py --report_only` from `bench/results/ablation.json`
 ({len(runs)} finished runs at `--scale={scale}`; the largest spread of training FLOPs between
@@ -205,7 +203,8 @@ shown".
 
 | claim | verdict | evidence (bits/byte, negative = first arm better) |
 |---|---|---|
-""")
-    for claim, word, evidence in verdicts:
-      f.write(f"| {claim} | {word} | {evidence} |\n")
-  print(f"wrote {RESULTS_MD}")
+"""]
+  for claim, word, evidence in verdicts:
+    lines.append(f"| {claim} | {word} | {evidence} |\n")
+  cli_runs.write_results_section("ablation", "".join(lines))
+  print(f"wrote {cli_runs.RESULTS_MD}")

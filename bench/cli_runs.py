@@ -189,3 +189,31 @@ def run_cli(model: str, workdir: str, flat: dict, deadline: float | None):
   if any("diverged" in line for line in errors):
     return "diverged"
   raise RuntimeError(f"{workdir} failed:\n{out.stderr[-3000:]}")
+
+
+RESULTS_MD = os.path.join(REPO, "docs", "results.md")
+
+
+def write_results_section(name: str, text: str, path: str = RESULTS_MD):
+  """Puts `text` into docs/results.md as the section `name`, replacing its earlier version.
+
+  Each study writes its own section (between `<!-- begin NAME -->` and `<!-- end NAME -->`), so
+  a report rebuilt from one results file leaves the others' sections as they are.
+  """
+  begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+  block = f"{begin}\n{text.strip()}\n{end}\n"
+  current = "# Results\n\nWhat the studies in bench/ measured; each section is rewritten by " \
+            "its script's `--report_only`.\n\n"
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      current = f.read()
+  if begin in current and end in current:
+    head, rest = current.split(begin, 1)
+    tail = rest.split(end, 1)[1].lstrip("\n")
+    updated = head + block + ("\n" + tail if tail else "")
+  else:
+    updated = current.rstrip("\n") + "\n\n" + block
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(updated)
+  os.replace(tmp, path)
