@@ -80,6 +80,22 @@ def evaluate_lengths(workdir: str, lengths=EVAL_LENS) -> dict[str, dict[str, flo
   return out
 
 
+def learned_fields(name: str = "power_law_s0") -> dict | None:
+  """The exponent p and scale a per head and layer that the exported power-law run learned."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  path = os.path.join(EXPORT_DIR, name, "params.msgpack")
+  if not os.path.exists(path):
+    return None
+  with open(path, "rb") as f:
+    flat = flax.traverse_util.flatten_dict(flax.serialization.msgpack_restore(f.read()),
+                                           sep="/")
+  softplus = lambda x: np.log1p(np.exp(np.asarray(x, np.float64)))
+  return {k.rsplit("/", 1)[0]: {"p": softplus(flat[k]).round(4).tolist(),
+                                "a": softplus(flat[k[:-len("power")] + "scale"]).round(4).tolist()}
+          for k in sorted(flat) if k.endswith("power_law/power")}
+
+
 def report(results: dict, out_json: str):
   """A line plot of bits/byte against evaluation length, one line per arm (mean over seeds)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -113,6 +129,13 @@ def report(results: dict, out_json: str):
   print("| positional | " + " | ".join(f"T={t}" for t in EVAL_LENS) + " |")
   print("|---" * (len(EVAL_LENS) + 1) + "|")
   print("\n".join(lines))
+  fields = learned_fields()
+  if fields:
+    from ban_jax.layers import positional  # pylint: disable=g-import-not-at-top
+    print("power-law fields learned (p, a per head; init p = "
+          f"{positional.power_law_power_init(4).round(3).tolist()}, a = 1):")
+    for layer, v in fields.items():
+      print(f"  {layer}: p {v['p']}, a {v['a']}")
   print(f"wrote {png}")
 
 
