@@ -63,12 +63,23 @@ def report(results, out_json):
   png = os.path.splitext(out_json)[0] + ".png"
   fig.savefig(png, dpi=120)
   plt.close(fig)
-  print("| K | gradients | seed | train steps | val bits/byte | held-out | residual (rel) |")
-  print("|---|---|---|---|---|---|---|")
+  text = ["## The attractor's convergence\n",
+          "Written by `python bench/attractor_steps.py --report_only` from "
+          "`bench/results/attractor_steps.json`: the ablation's `+power_law` arm (the full "
+          "system without wells) at its best learning rate and the ablation's FLOPs budget, so "
+          "more attractor steps mean fewer training steps. The residual is "
+          "‖z_K − z_(K−1)‖/‖z_K‖ after the K steps at the end of training, mean over layers "
+          "(0 at a fixed point).\n",
+          "| K | gradients | seed | train steps | val bits/byte | held-out | residual (rel) |",
+          "|---|---|---|---|---|---|---|"]
   for r in rows:
-    print(f"| {r['attractor_steps']} | {'implicit' if r['implicit_grad'] else 'backprop'} | "
-          f"{r['seed']} | {r['steps']} | {r['val_bpb']:.4f} | {r['heldout_bpb']:.4f} | "
-          f"{r['attractor_residual_rel']:.4f} |")
+    text.append(f"| {r['attractor_steps']} | "
+                f"{'implicit' if r['implicit_grad'] else 'backprop'} | {r['seed']} | "
+                f"{r['steps']} | {r['val_bpb']:.4f} | {r['heldout_bpb']:.4f} | "
+                f"{r['attractor_residual_rel']:.2%} |")
+  text.append("\n![attractor steps](../bench/results/attractor_steps.png)")
+  print("\n".join(text))
+  cli_runs.write_results_section("attractor_steps", "\n".join(text))
   print(f"wrote {png}")
 
 

@@ -194,12 +194,13 @@ def run_cli(model: str, workdir: str, flat: dict, deadline: float | None):
 RESULTS_MD = os.path.join(REPO, "docs", "results.md")
 
 
-def write_results_section(name: str, text: str, path: str = RESULTS_MD):
+def write_results_section(name: str, text: str, path: str | None = None):
   """Puts `text` into docs/results.md as the section `name`, replacing its earlier version.
 
   Each study writes its own section (between `<!-- begin NAME -->` and `<!-- end NAME -->`), so
   a report rebuilt from one results file leaves the others' sections as they are.
   """
+  path = path or RESULTS_MD
   begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
   block = f"{begin}\n{text.strip()}\n{end}\n"
   current = "# Results\n\nWhat the studies in bench/ measured; each section is rewritten by " \

@@ -110,10 +110,24 @@ def report(results: dict, out_json: str):
   png = os.path.splitext(out_json)[0] + ".png"
   fig.savefig(png, dpi=120)
   plt.close(fig)
+  text = ["## What context tagging learned\n",
+          "Written by `python bench/tagging_masses.py --report_only` from "
+          "`bench/results/tagging_masses.json`: on validation windows, each token's key mass "
+          "against its surprisal under the same model (Spearman ρ), for the learned tagging "
+          "(`full`) and the tagging from surprisal (`full_surprisal_tags`), per layer. ρ > 0: "
+          "the mass follows information content, as the paper's tagging intends.\n",
+          "| arm | layer | ρ(mass, surprisal) | mass mean ± std | mass at s < 0.25 nats | "
+          "mass at s > 6 nats |", "|---|---|---|---|---|---|"]
   for arm in arms:
     for layer, row in results["arms"][arm]["layers"].items():
-      print(f"{arm} {layer}: rank correlation of mass and surprisal "
-            f"{row['rank_correlation']:+.3f}, mass {row['mass_mean']:.3f} ± {row['mass_std']:.3f}")
+      low, high = row["bins"][0]["mean_mass"], row["bins"][-1]["mean_mass"]
+      text.append(f"| {arm} | {layer} | {row['rank_correlation']:+.3f} | "
+                  f"{row['mass_mean']:.3f} ± {row['mass_std']:.3f} | "
+                  f"{low if low is None else format(low, '.3f')} | "
+                  f"{high if high is None else format(high, '.3f')} |")
+  text.append("\n![tagging masses](../bench/results/tagging_masses.png)")
+  print("\n".join(text))
+  cli_runs.write_results_section("tagging", "\n".join(text))
   print(f"wrote {png}")
 
 

@@ -72,13 +72,29 @@ def report(results, out_json):
   png = os.path.splitext(out_json)[0] + ".png"
   fig.savefig(png, dpi=120)
   plt.close(fig)
-  print("| threshold | seed | extra updates/step | wells val | plain val (same evals) | "
-        "wells − plain |")
-  print("|---|---|---|---|---|---|")
+  text = ["## Gravity Wells: the threshold, against plain training at equal gradient "
+          "evaluations\n",
+          "Written by `python bench/wells_threshold.py --report_only` from "
+          "`bench/results/wells_threshold.json`: the ablation's `full` arm (its best learning "
+          f"rate, {rows[0]['wells']['steps']} steps) with wells at each threshold, and the same "
+          "model without wells trained for exactly as many steps as the wells run took "
+          "gradient evaluations (steps + extra updates). Negative = wells better.\n",
+          "| threshold | seed | extra updates/step | wells val | plain val (same evals) | "
+          "wells − plain | held-out wells − plain |",
+          "|---|---|---|---|---|---|---|"]
   for r in rows:
-    print(f"| {r['threshold']:g} | {r['seed']} | {r['wells']['injected_fraction']:.3f} | "
-          f"{r['wells']['val_bpb']:.4f} | {r['plain']['val_bpb']:.4f} | "
-          f"{r['wells']['val_bpb'] - r['plain']['val_bpb']:+.4f} |")
+    held = (r["wells"]["heldout_bpb"] - r["plain"]["heldout_bpb"]
+            if r["wells"].get("heldout_bpb") and r["plain"].get("heldout_bpb") else float("nan"))
+    text.append(f"| {r['threshold']:g} | {r['seed']} | {r['wells']['injected_fraction']:.3f} | "
+                f"{r['wells']['val_bpb']:.4f} | {r['plain']['val_bpb']:.4f} | "
+                f"{r['wells']['val_bpb'] - r['plain']['val_bpb']:+.4f} | {held:+.4f} |")
+  noise = results.get("seed_std")
+  if noise:
+    text.append(f"\nSeed-to-seed std of one arm's validation bits/byte in the ablation: "
+                f"{noise:.4f}; a difference of a single seed within twice that is not shown.")
+  text.append("\n![wells threshold](../bench/results/wells_threshold.png)")
+  print("\n".join(text))
+  cli_runs.write_results_section("wells_threshold", "\n".join(text))
   print(f"wrote {png}")
 
 
@@ -94,6 +110,8 @@ def main(argv):
     raise app.UsageError(f"{FLAGS.ablation} has no finished `full` arm: run "
                          "bench/ablation.py --arms=full first (its best rate and steps are used).")
   lr, steps = summary["full"]["lr"], summary["full"]["steps"]
+  results["seed_std"] = max(summary[a]["val_std"] for a in ("full", "+power_law")
+                            if a in summary)
   deadline = time.time() + FLAGS.deadline_s if FLAGS.deadline_s else None
   for seed in (int(s) for s in FLAGS.seeds):
     for threshold in THRESHOLDS:

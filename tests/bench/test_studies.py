@@ -28,12 +28,14 @@ def test_every_study_run_is_a_valid_config_with_what_it_varies():
   assert c.model.tagging and c.model.positional == "power_law"
 
 
-def test_reports_write_their_plots(tmp_path):
+def test_reports_write_their_plots_and_sections(tmp_path, monkeypatch):
+  monkeypatch.setattr(cli_runs, "RESULTS_MD", str(tmp_path / "results.md"))
   lengths = {str(t): {"val_bpb": 3.0 + t / 1000, "heldout_bpb": 3.5} for t in
              extrapolation.EVAL_LENS}
   out = str(tmp_path / "extrapolation.json")
   extrapolation.report({"runs": [{"arm": "rope", "seed": 0, "lengths": lengths}]}, out)
-  run = {"val_bpb": 3.0, "heldout_bpb": 3.5, "injected_fraction": 0.4, "grad_evals": 140}
+  run = {"val_bpb": 3.0, "heldout_bpb": 3.5, "injected_fraction": 0.4, "grad_evals": 140,
+         "steps": 100}
   out = str(tmp_path / "wells_threshold.json")
   wells_threshold.report({"runs": [{"threshold": 0.05, "seed": 0, "wells": run,
                                      "plain": run}]}, out)
@@ -44,6 +46,14 @@ def test_reports_write_their_plots(tmp_path):
   for name in ("extrapolation", "wells_threshold", "attractor_steps"):
     with open(os.path.join(tmp_path, name + ".png"), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  text = (tmp_path / "results.md").read_text()
+  for name in ("extrapolation", "wells_threshold", "attractor_steps"):
+    assert text.count(f"<!-- begin {name} -->") == 1
+  # Rewriting a section replaces it and keeps the others.
+  cli_runs.write_results_section("wells_threshold", "new text")
+  text = (tmp_path / "results.md").read_text()
+  assert "new text" in text and "Length extrapolation" in text
+  assert text.count("<!-- begin wells_threshold -->") == 1
 
 
 def test_grad_evals_counts_extra_updates_and_a_resumed_runs_repeats_once():
