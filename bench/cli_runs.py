@@ -192,6 +192,7 @@ def run_cli(model: str, workdir: str, flat: dict, deadline: float | None):
 
 
 RESULTS_MD = os.path.join(REPO, "docs", "results.md")
+ABLATION_JSON = os.path.join(REPO, "bench", "results", "ablation.json")
 
 
 def write_results_section(name: str, text: str, path: str | None = None):

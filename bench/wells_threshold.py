@@ -89,6 +89,10 @@ def report(results, out_json):
                 f"{r['wells']['val_bpb']:.4f} | {r['plain']['val_bpb']:.4f} | "
                 f"{r['wells']['val_bpb'] - r['plain']['val_bpb']:+.4f} | {held:+.4f} |")
   noise = results.get("seed_std")
+  if noise is None and os.path.exists(cli_runs.ABLATION_JSON):
+    summary = ablation_report.summarize(cli_runs.load_json(cli_runs.ABLATION_JSON), "cpu")
+    stds = [summary[a]["val_std"] for a in ("full", "+power_law") if a in summary]
+    noise = max(stds) if stds else None
   if noise:
     text.append(f"\nSeed-to-seed std of one arm's validation bits/byte in the ablation: "
                 f"{noise:.4f}; a difference of a single seed within twice that is not shown.")
