@@ -8,7 +8,8 @@ Arms (all on the bundled Wikipedia, byte tokens, one shared FLOPs budget per sca
   transformer, transformer_2x (twice the parameters, fewer steps), ban (dot + RoPE),
   ban+gravity, +tagging, +power_law (= full minus wells), full (+ Gravity Wells),
   full-gravity, full-tagging, full-power_law, full_surprisal_tags (the full system with key
-  masses from each token's surprisal instead of a learned function of its hidden state).
+  masses from each token's surprisal instead of a learned function of its hidden state),
+  full_inverse_square (the full system with the inverse-square score instead of Gravity-2's).
 
 Each arm first sweeps the learning rate over three values at seed 0, then trains seeds 1 and 2
 at its best rate. Steps per arm = budget / (XLA's FLOPs of one train step, BAN attractor
@@ -49,6 +50,8 @@ ARMS = {
     # Key masses from each token's surprisal under a first, untagged reading pass (its FLOPs
     # count: the step's XLA FLOPs include both passes, so the arm trains fewer steps).
     "full_surprisal_tags": dict(FULL, model="ban", tagging_source="surprisal"),
+    # The score the default should use: Gravity-2's, or its true inverse-square relative.
+    "full_inverse_square": dict(FULL, model="ban", attention="inverse_square"),
 }
 
 

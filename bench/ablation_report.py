@@ -12,7 +12,8 @@ import numpy as np
 from bench import cli_runs
 
 ORDER = ("transformer", "transformer_2x", "ban", "ban+gravity", "+tagging", "+power_law", "full",
-         "full-gravity", "full-tagging", "full-power_law", "full_surprisal_tags")
+         "full-gravity", "full-tagging", "full-power_law", "full_surprisal_tags",
+         "full_inverse_square")
 
 
 def summarize(results: dict, scale: str = "cpu") -> dict[str, dict]:
@@ -126,6 +127,9 @@ def claims(summary) -> list[tuple[str, str, str]]:
               *verdict(_diff(summary, "full_surprisal_tags", "full"))))
   out.append(("Tags from surprisal help at all (full_surprisal_tags vs full-tagging)",
               *verdict(_diff(summary, "full_surprisal_tags", "full-tagging"))))
+  out.append(("The inverse-square score beats Gravity-2's in the full system "
+              "(full_inverse_square vs full)",
+              *verdict(_diff(summary, "full_inverse_square", "full"))))
   out.append(("The full system beats the transformer at equal FLOPs",
               *verdict(_diff(summary, "full", "transformer"))))
   return out

@@ -14,11 +14,11 @@ def test_every_arm_is_a_valid_config_with_its_mechanisms(arm):
   c = ablation.config_for(arm, ablation.SCALES["cpu"], steps=100, lr=1e-3, seed=0)
   config_validation.validate(c)
   full = not arm.startswith(("transformer", "ban"))
-  if arm in ("full", "full-gravity", "full-tagging", "full-power_law", "full_surprisal_tags"):
+  if arm.startswith("full"):
     assert c.wells.mode == "wells"
   else:
     assert c.wells.mode == "off"
-  if full and arm != "full-gravity":
+  if full and arm not in ("full-gravity", "full_inverse_square"):
     assert c.model.attention == "gravity"
   assert c.model.name == ("transformer" if arm.startswith("transformer") else "ban")
   assert c.model.tagging_source == ("surprisal" if arm == "full_surprisal_tags" else "hidden")
