@@ -144,7 +144,7 @@ def report(results: dict, out_json: str):
   fields = learned_fields()
   if fields:
     from ban_jax.layers import positional  # pylint: disable=g-import-not-at-top
-    init = positional.power_law_power_init(4).round(3).tolist()
+    init = [round(float(x), 3) for x in positional.power_law_power_init(4)]
     text.append(f"\nThe power-law run's learned fields (bias −p·log(1 + a·d) per head; init p = "
                 f"{init}, a = 1):\n")
     for layer, v in fields.items():
