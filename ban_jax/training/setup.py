@@ -32,7 +32,8 @@ def heldout_path(configured: str) -> str | None:
   if not configured:
     return None
   if not os.path.isfile(configured):
-    raise UserError(f"eval.heldout_path={configured} is not a file; point it at a UTF-8 text "
+    problem = "is a folder" if os.path.isdir(configured) else "does not exist"
+    raise UserError(f"eval.heldout_path={configured} {problem}; point it at a UTF-8 text "
                     "file, or set it to '' to skip the held-out evaluation.")
   return configured
 
