@@ -47,6 +47,18 @@ def _parse(field, value: str, flag: str):
       return
 
 
+def _unknown(name: str, path: list[str], options: list[str]) -> str:
+  """'config.a has no field 'x' (did you mean ...)': the closest existing names, else all."""
+  where = "config" + "".join("." + p for p in path)
+  if not options:
+    return f"{where} is a value, not a block: it has no field '{name}'."
+  close = difflib.get_close_matches(name, options, n=3)
+  if close:
+    return (f"{where} has no field '{name}' (did you mean "
+            + " or ".join(f"'{c}'" for c in close) + "?); see the config file for the fields.")
+  return f"{where} has no field '{name}'; its fields are {', '.join(options)}."
+
+
 def check_overrides(config: ml_collections.ConfigDict, argv) -> None:
   """Each `--config.a.b=v` names an existing field and parses as that field's type."""
   for arg in argv:
@@ -56,12 +68,8 @@ def check_overrides(config: ml_collections.ConfigDict, argv) -> None:
     node, path = config, []
     for name in flag[len("--config."):].split("."):
       if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-        options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        close = difflib.get_close_matches(name, options, n=1)
-        where = "config" + "".join("." + p for p in path)
-        raise UserError(f"{flag}: {where} has no field '{name}'"
-                        + (f" (did you mean '{close[0]}'?)" if close else "")
-                        + "; see the config file for the fields.")
+        options = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise UserError(f"{flag}: {_unknown(name, path, options)}")
       node = node[name]
       path.append(name)
     if has_value:

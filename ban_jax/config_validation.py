@@ -11,6 +11,7 @@ from ban_jax import models
 from ban_jax.data import sources
 from ban_jax.errors import UserError
 from ban_jax.models.common import DTYPES
+from ban_jax.training import divergence
 from ban_jax.training import selection
 
 BLOCKS = ("data", "model", "train", "optimizer", "eval", "checkpoint", "mesh", "wells")
@@ -47,6 +48,12 @@ def validate(config: ml_collections.ConfigDict) -> models.ModelConfig:
     value = _get(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       raise UserError(f"{key}={value!r} must be a positive integer.")
+  policy = config.train.get("nan_policy", "stop")
+  if policy not in divergence.NAN_POLICIES:
+    raise UserError(f"train.nan_policy={policy!r} is not one of {divergence.NAN_POLICIES}.")
+  rollbacks = config.train.get("max_rollbacks", 3)
+  if isinstance(rollbacks, bool) or not isinstance(rollbacks, int) or rollbacks < 0:
+    raise UserError(f"train.max_rollbacks={rollbacks!r} must be a non-negative integer.")
   if config.optimizer.warmup_steps >= config.train.steps:
     raise UserError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} must be smaller "
                     f"than train.steps={config.train.steps} (the schedule would never decay); "

@@ -101,6 +101,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.train.batch_size = 64            # global, over all devices
   c.train.log_every = 50
   c.train.z_loss = 1e-4              # log(Z)² penalty that keeps the softmax normaliser bounded
+  # A non-finite loss or gradient: "stop" (one error naming the step and the newest checkpoint)
+  # or "rollback" (restore that checkpoint, skip the batch that diverged, go on).
+  c.train.nan_policy = "stop"
+  c.train.max_rollbacks = 3          # rollbacks before giving up
 
   # AdamW with linear warm-up and cosine decay, global-norm clipping.
   c.optimizer = ml_collections.ConfigDict()

@@ -27,7 +27,10 @@ def test_load_errors_name_the_argument(tmp_path):
 
 @pytest.mark.parametrize("arg,match", [
     ("--config.train.stepz=3", "config.train has no field 'stepz' \\(did you mean 'steps'\\?\\)"),
-    ("--config.nope=1", "config has no field 'nope'"),
+    ("--config.nope=1", "config has no field 'nope'; its fields are checkpoint, data, "),
+    ("--config.foo.bar=3", "config has no field 'foo'"),
+    ("--config.model.num_layer=3", "did you mean 'num_layers'"),
+    ("--config.train.steps.x=1", "config.train.steps is a value, not a block"),
     ("--config.train.steps=3.5", "takes an integer"),
     ("--config.optimizer.learning_rate=fast", "takes a number"),
     ("--config.model.tagging=maybe", "expected true or false"),

@@ -25,6 +25,7 @@ def _run(*args):
     (["--config=configs/wiki.py:smoke", "--config.trian.steps=3"], "did you mean 'train'"),
     (["--config=configs/wiki.py:smoke", "--config.train.steps.x=3"], "no field 'x'"),
     (["--config=configs/wiki.py:smoke", "--config.train.z_loss=big"], "takes a number"),
+    (["--config=configs/wiki.py:smoke", "--config.foo.bar=3"], "config has no field 'foo'"),
 ])
 def test_bad_flags_give_one_error_line(tmp_path, args, match):
   workdir = tmp_path / "run"

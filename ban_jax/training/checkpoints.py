@@ -2,12 +2,15 @@
 
 import os
 
+from absl import logging
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from ban_jax.errors import UserError
+from ban_jax.training import integrity
 
 
 def _key_name(entry) -> str:
@@ -25,47 +28,141 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, leaf in flat}
 
 
+class Corrupt(Exception):
+  """A checkpoint step that cannot be trusted; the message is the reason, for one log line."""
+
+
 class Checkpointer:
   """Keep-N, optionally asynchronous checkpoints in `directory`, one per saved step.
 
-  Each step holds two items: `state` (the TrainState pytree) and `data` (the grain iterator
-  state), so a resumed run continues with the exact batch it would have seen next.
+  Each step holds the items `state` (the TrainState pytree), `data` (the grain iterator state),
+  so a resumed run continues with the exact batch it would have seen next, and `pending` (the
+  host metrics of the steps since the last log line, so a resumed run logs the same means).
+  Once a step is committed, `integrity.MANIFEST` records every file's checksum beside it.
+  Restoring verifies the newest step and falls back to older ones (`restore_latest`).
   """
 
   def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool):
-    options = ocp.CheckpointManagerOptions(
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self._dir = directory
     self._every = every_steps
-    self._mngr = ocp.CheckpointManager(
-        directory, options=options,
+    self._unsealed = []   # saved steps whose manifest waits for the save to commit
+    self._mngr = self._open()
+
+  def _open(self):
+    return ocp.CheckpointManager(
+        self._dir, options=self._options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "pending": ocp.JsonCheckpointHandler()})
+
+  @property
+  def directory(self) -> str:
+    return self._dir
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
-  def save(self, step: int, state, data_iterator, *, force: bool = False) -> bool:
-    """Saves at multiples of `every_steps`, or whenever `force`; returns whether it saved."""
-    if not force and step % self._every:
+  def due(self, step: int) -> bool:
+    return step % self._every == 0
+
+  def save(self, step: int, state, data_iterator, *, pending=(), force: bool = False) -> bool:
+    """Saves at multiples of `every_steps`, or whenever `force`; returns whether it saved.
+
+    `pending`: JSON-able host metrics of the steps not yet logged. The caller has verified that
+    `state` is finite.
+    """
+    if not force and not self.due(step):
       return False
-    return self._mngr.save(step, force=True, args=ocp.args.Composite(
+    if step in self._mngr.all_steps():  # already saved (a forced save right after a due one)
+      return False
+    # orbax waits for the previous async save before starting a new one anyway; sealing it
+    # here costs nothing more.
+    self._seal()
+    saved = self._mngr.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)))
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        pending=ocp.args.JsonSave(list(pending))))
+    if saved:
+      self._unsealed.append(step)
+    return saved
+
+  def _seal(self):
+    """Waits for in-flight saves, then writes the manifest of each step they committed."""
+    self._mngr.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unsealed:
+        path = os.path.join(self._dir, str(step))
+        if os.path.isdir(path):  # else already dropped by max_to_keep
+          integrity.write_manifest(path)
+    self._unsealed = []
 
   def restore(self, step: int, abstract_state, data_iterator):
-    """Restores `step` into the shapes and shardings of `abstract_state`; moves the iterator."""
+    """(state, pending) of `step` in the shapes and shardings of `abstract_state`.
+
+    Raises:
+      Corrupt: the step fails its manifest, does not restore, or holds non-finite parameters.
+      UserError: the step is sound but was written by another model or optimizer.
+    """
+    path = os.path.join(self._dir, str(step))
+    reason = integrity.verify(path)
+    if reason:
+      raise Corrupt(reason)
     try:
       meta = self._mngr.item_metadata(step)["state"]
     except Exception as e:  # orbax reports unreadable metadata in several types
-      raise UserError(f"checkpoint {self._dir}/{step} is unreadable ({type(e).__name__}: {e}); "
-                      "delete it or use a fresh --workdir.") from e
+      raise Corrupt(f"unreadable metadata ({type(e).__name__}: {_first_line(e)})") from e
     self._check_compatible(step, meta, abstract_state)
-    restored = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return restored["state"]
+    args = dict(state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iterator))
+    if os.path.isdir(os.path.join(path, "pending")):  # absent in older checkpoints
+      args["pending"] = ocp.args.JsonRestore()
+    try:
+      restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # truncated or garbled files surface as many types, from asyncio too
+      raise Corrupt(f"does not restore ({type(e).__name__}: {_first_line(e)})") from e
+    state = restored["state"]
+    if not all_finite(state.params):
+      raise Corrupt("its parameters are not finite")
+    return state, list(restored.get("pending") or [])
 
+  def restore_latest(self, abstract_state, data_iterator):
+    """(state, step, pending) of the newest step that restores, or None without checkpoints.
+
+    Each newer step that fails is logged with its reason and moved to `corrupt/<step>` (kept,
+    never deleted); if none restores, one UserError lists them all and nothing is moved.
+    """
+    failed = []
+    for step in sorted(self._mngr.all_steps(), reverse=True):
+      try:
+        state, pending = self.restore(step, abstract_state, data_iterator)
+      except Corrupt as e:
+        failed.append((step, str(e)))
+        continue
+      for bad, reason in failed:
+        self._move_aside(bad, reason)
+      if failed:  # the manager caches its step list
+        self._mngr.close()
+        self._mngr = self._open()
+      return state, step, pending
+    if failed:
+      tried = "; ".join(f"step {s}: {r}" for s, r in failed)
+      raise UserError(f"no checkpoint in {self._dir} restores ({tried}); move them away to "
+                      "start over in this workdir, or use a fresh --workdir.")
+    return None
+
+  def _move_aside(self, step: int, reason: str):
+    src = os.path.join(self._dir, str(step))
+    dst = os.path.join(self._dir, "corrupt", str(step))
+    suffix = 1
+    while os.path.exists(dst):
+      dst, suffix = os.path.join(self._dir, "corrupt", f"{step}.{suffix}"), suffix + 1
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      os.replace(src, dst)
+    logging.warning("checkpoint step %d is corrupt (%s): moved to %s; falling back to an older "
+                    "step.", step, reason, dst)
   def _check_compatible(self, step, meta, abstract_state):
     want, have = _shapes(abstract_state), _shapes(meta)
     missing = sorted(set(want) - set(have))
@@ -80,11 +177,22 @@ class Checkpointer:
                       "(saved as config.json in the workdir) or use a fresh --workdir.")
 
   def wait(self):
-    self._mngr.wait_until_finished()
+    self._seal()
 
   def close(self):
-    self._mngr.wait_until_finished()
+    self._seal()
     self._mngr.close()
+
+
+def all_finite(tree) -> bool:
+  """Whether every leaf of `tree` is finite (one device reduction, one host read)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return bool(jax.device_get(jnp.all(jnp.stack(leaves)))) if leaves else True
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:200] if text else ""
 
 
 def read_params(directory: str, step: int | None = None) -> tuple[dict, int]:

@@ -31,8 +31,9 @@ def heldout_path(configured: str) -> str | None:
   """
   if not configured:
     return None
-  if not os.path.exists(configured):
-    raise UserError(f"eval.heldout_path={configured} does not exist; point it at a UTF-8 text "
+  if not os.path.isfile(configured):
+    problem = "is a folder" if os.path.isdir(configured) else "does not exist"
+    raise UserError(f"eval.heldout_path={configured} {problem}; point it at a UTF-8 text "
                     "file, or set it to '' to skip the held-out evaluation.")
   return configured
 
@@ -58,6 +59,10 @@ def build_data(config: ml_collections.ConfigDict) -> Data:
   if path:
     with open(path, "rb") as f:
       heldout = pipeline.text_split(f.read(), tokenizer, config.data.seq_len)
+    if len(heldout.windows) == 0:  # else the held-out score would be a silent 0.0
+      raise UserError(f"eval.heldout_path={path} holds fewer than data.seq_len="
+                      f"{config.data.seq_len} tokens; point it at a longer UTF-8 text file, or "
+                      "set it to '' to skip the held-out evaluation.")
   dataset = pipeline.Dataset(train, global_batch=config.train.batch_size, seed=config.seed,
                              read_threads=config.data.read_threads, prefetch=config.data.prefetch)
   logging.info("data %s: %d train windows (%d docs, %d tokens), %d validation windows; "
@@ -179,9 +184,10 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, mesh, *, token_byt
 
 
 def restore_or_init(plan: Plan, ckpt: checkpoints.Checkpointer, data_iterator,
-                    rng: jax.Array) -> tuple[TrainState, bool]:
-  """(state, resumed): the newest checkpoint (the iterator moved to it), else a fresh state."""
-  latest = ckpt.latest_step()
-  if latest is None:
-    return plan.init(rng), False
-  return ckpt.restore(latest, plan.abstract, data_iterator), True
+                    rng: jax.Array) -> tuple[TrainState, int, list[dict]]:
+  """(state, step, unlogged metrics): the newest checkpoint that restores (the iterator moved
+  to it; corrupt newer ones moved aside), else a fresh state at step 0."""
+  restored = ckpt.restore_latest(plan.abstract, data_iterator)
+  if restored is None:
+    return plan.init(rng), 0, []
+  return restored

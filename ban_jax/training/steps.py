@@ -79,17 +79,23 @@ def apply_gradients(params, opt_state, grads, *, step: jax.Array,
                              "learning_rate": schedule(step)}
 
 
+def finite(loss: jax.Array, grad_norm: jax.Array) -> jax.Array:
+  """bool []: the step's flag that the host checks before logging or saving its state (a
+  non-finite gradient norm is what makes the parameters non-finite)."""
+  return jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule, z_loss: float,
                token_bytes: jax.Array) -> tuple[TrainState, dict[str, Any]]:
   """One optimizer update on `batch`; the step's randomness is fold_in(state.rng, state.step)."""
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, (metrics, _)), grads = grad_fn(state.params, batch, rng, model=model, z_loss=z_loss,
-                                     token_bytes=token_bytes)
+  (loss, (metrics, _)), grads = grad_fn(state.params, batch, rng, model=model, z_loss=z_loss,
+                                        token_bytes=token_bytes)
   params, opt_state, update_metrics = apply_gradients(state.params, state.opt_state, grads,
                                                       step=state.step, tx=tx, schedule=schedule)
-  metrics = dict(metrics, **update_metrics)
+  metrics = dict(metrics, **update_metrics, finite=finite(loss, update_metrics["grad_norm"]))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -118,21 +124,23 @@ def selection_step(state: TrainState, batch: dict[str, jax.Array],
   kw = dict(model=model, z_loss=z_loss, token_bytes=token_bytes)
   update = functools.partial(apply_gradients, step=step, tx=tx, schedule=schedule)
 
-  (_, (metrics, example_loss)), grads = loss_grad(state.params, batch,
-                                                  jax.random.fold_in(key, 0), **kw)
+  (loss, (metrics, example_loss)), grads = loss_grad(state.params, batch,
+                                                     jax.random.fold_in(key, 0), **kw)
   params, opt_state, update_metrics = update(state.params, state.opt_state, grads)
-  metrics = dict(metrics, **update_metrics)
+  metrics = dict(metrics, **update_metrics, finite=finite(loss, update_metrics["grad_norm"]))
 
   if strategy.uses_extra_batch:
     def extra_update(carry):
       params, opt_state = carry
-      (_, (m, _)), g = loss_grad(params, extra, jax.random.fold_in(key, 1), **kw)
-      params, opt_state, _ = update(params, opt_state, g)
-      return params, opt_state, m["loss"]
+      (extra_loss, (m, _)), g = loss_grad(params, extra, jax.random.fold_in(key, 1), **kw)
+      params, opt_state, um = update(params, opt_state, g)
+      return params, opt_state, m["loss"], finite(extra_loss, um["grad_norm"])
 
     active = state.queue.active[0]
-    params, opt_state, metrics["extra_loss"] = lax.cond(
-        active, extra_update, lambda c: (*c, jnp.float32(jnp.nan)), (params, opt_state))
+    params, opt_state, metrics["extra_loss"], extra_finite = lax.cond(
+        active, extra_update, lambda c: (*c, jnp.float32(jnp.nan), jnp.array(True)),
+        (params, opt_state))
+    metrics["finite"] &= extra_finite
   else:
     active = jnp.array(False)
   metrics["injected"] = active.astype(jnp.float32)

@@ -7,15 +7,15 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from ban_jax import config_validation
-from ban_jax.errors import UserError
 from ban_jax.inference import generate
 from ban_jax.parallel import mesh as mesh_lib
 from ban_jax.training import budget
 from ban_jax.training import checkpoints
+from ban_jax.training import divergence
 from ban_jax.training import evaluate
+from ban_jax.training import preemption
 from ban_jax.training import queue as queue_lib
 from ban_jax.training import selection
 from ban_jax.training import setup
@@ -44,9 +44,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   data_iter = data.train.iterator()
-  state, resumed = setup.restore_or_init(plan, ckpt, data_iter, jax.random.PRNGKey(config.seed))
-  if resumed:
-    logging.info("resumed from %s at step %d", workdir, int(state.step))
+  rng = jax.random.PRNGKey(config.seed)
+  state, first_step, carried = setup.restore_or_init(plan, ckpt, data_iter, rng)
+  if first_step:
+    logging.info("resumed from %s at step %d", workdir, first_step)
   else:
     workdir_lib.save_config(workdir, config)
   num_params = setup.count_params(plan.abstract.params)
@@ -59,39 +60,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   host_queue = queue_lib.HostQueue(strategy, state.queue, data.train)
   evaluator = evaluate.Evaluator(plan, data.validation, data.heldout, config.eval,
                                  tokenizer=data.tokenizer)
-  writer = writers.MetricWriter(workdir)
-  first_step = int(state.step)
+  # A finished run asked again re-evaluates; its records at that step are already written.
+  evaluated = first_step >= total_steps and any(
+      r["step"] == first_step and any(k.startswith("eval/") for k in r)
+      for r in writers.read_metrics(workdir))
+  writer = writers.MetricWriter(workdir, start_step=first_step)
   selection_log = selection.SelectionLog(strategy, first_step)
   progress = writers.Progress(total_steps, config.train.batch_size * config.data.seq_len,
                               first_step)
-  run_start, eval_seconds, pending, final = time.perf_counter(), 0.0, [], {}
+  guard = divergence.Guard(config.train, ckpt, carried)
+  run_start, eval_seconds, final, preempted = time.perf_counter(), 0.0, {}, None
 
-  def run_eval(step):
+  def run_eval(step, write=True):
     results = evaluator(state.params)
-    writer.write_scalars(step, results)
+    if write:
+      writer.write_scalars(step, results)
     logging.info("step %d eval: %s", step,
                  ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
     return results
 
-  with mesh, workdir_lib.closing_on_error(writer, ckpt):
-    for step in range(first_step, total_steps):
+  step = first_step
+  with (mesh, preemption.Preemption() as stop,
+        workdir_lib.closing_on_error(writer, ckpt)):
+    while step < total_steps:
+      guard.skip_if_due(step, data_iter)
       batches = host_queue.next(data_iter)
       state, metrics, draw = train_step(
           state, *(mesh_lib.global_batch(b, plan.batch_sharding) for b in batches))
       host_queue.push(draw)
-      pending.append(metrics)
+      guard.add(metrics)
       done = step + 1
-      if done % config.train.log_every == 0 or done == total_steps:
-        host, pending = jax.device_get(pending), []
+      log_due = done % config.train.log_every == 0 or done == total_steps
+      save_due = ckpt.due(done) or done == total_steps
+      stopping = stop.should_stop(done)
+      if log_due or save_due or stopping:
+        # The flags of every step so far, read with the metrics (the only device sync).
+        diverged = guard.verify(done)
+        if diverged is not None:
+          state, step, data_iter = guard.recover(diverged, plan, data, rng)
+          writer.rewind(step)
+          host_queue = queue_lib.HostQueue(strategy, state.queue, data.train)
+          continue
+      if log_due:
+        host = guard.take()
         strengths = selection_log.record(done, host, state)
         if strengths is not None:
           writer.write_histogram(done, "wells/strength", strengths)
         scalars = writers.summarize(host)
-        if not np.isfinite(scalars["train/loss"]):
-          raise UserError(f"training diverged: the train loss is {scalars['train/loss']} in the "
-                          f"steps up to {done}; the last finite checkpoint is in "
-                          f"{workdir}/checkpoints. Lower optimizer.learning_rate (or raise "
-                          "optimizer.warmup_steps) and resume or restart.")
         scalars["train/epoch"] = done / steps_per_epoch
         rates = progress.report(done)
         # Wall-clock spent training in this process (evaluation excluded), for speed comparisons.
@@ -103,10 +118,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_start = time.perf_counter()
         final.update(run_eval(done))
         eval_seconds += time.perf_counter() - eval_start
-      ckpt.save(done, state, data_iter, force=done == total_steps)
+      # Only verified states reach here: every checkpoint holds finite parameters.
+      ckpt.save(done, state, data_iter, pending=guard.unlogged(),
+                force=done == total_steps or stopping)
+      step = done
+      if stopping:
+        preempted = stop.signal_name
+        break
     if first_step >= total_steps:
-      final.update(run_eval(first_step))
+      final.update(run_eval(first_step, write=not evaluated))
 
+  if preempted:
+    writer.close()
+    ckpt.close()
+    logging.warning("stopped by %s at step %d; checkpoint saved in %s/checkpoints: rerun the "
+                    "same command to resume.", preempted, step, workdir)
+    return {**final, "preempted_at_step": step}
   sample = generate.sample_text(
       plan.model, state.params, data.tokenizer, config.eval.sample_prompt,
       length=config.eval.sample_length, temperature=config.eval.sample_temperature,

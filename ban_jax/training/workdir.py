@@ -66,8 +66,15 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); restore it (it records "
+                    "the settings of the run in this workdir) or use a fresh --workdir.") from e
+  if not isinstance(saved, dict):
+    raise UserError(f"{path} is not a config (a JSON object); restore it or use a fresh "
+                    "--workdir.")
   mine = config.to_dict()
   for key in RESUME_KEYS:
     block, _, field = key.partition(".")

@@ -17,14 +17,31 @@ import numpy as np
 class MetricWriter:
   """Scalars and texts to `workdir/tensorboard/` and `workdir/metrics.jsonl` (process 0 only)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, start_step: int = 0):
+    """Continues a run whose state is at `start_step`: records of later steps (written before a
+    kill, a preemption or a rollback) are dropped, so every logged step has one record."""
     self._enabled = jax.process_index() == 0
+    self._workdir = workdir
     self._tb = None
     self._jsonl = None
     if self._enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+      self._open(start_step)
+
+  def _open(self, start_step: int):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    tb_dir = os.path.join(self._workdir, "tensorboard")
+    earlier = os.path.isdir(tb_dir) and any(n.startswith("events.") for n in os.listdir(tb_dir))
+    # Event files are append-only; purge_step makes TensorBoard hide the older files' events at
+    # steps >= it.
+    self._tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if earlier else None)
+    truncate_metrics(self._workdir, start_step)
+    self._jsonl = open(os.path.join(self._workdir, "metrics.jsonl"), "a", buffering=1)
+
+  def rewind(self, step: int):
+    """Back to `step` (after a rollback): drops the records past it and reopens."""
+    if self._enabled:
+      self.close()
+      self._open(step)
 
   def write_scalars(self, step: int, scalars: dict[str, float]):
     if not self._enabled:
@@ -54,17 +71,38 @@ class MetricWriter:
       self._jsonl.close()
 
 
+def _records(path: str) -> list[dict]:
+  """The parsable lines of a metrics.jsonl; a line cut short by a kill is skipped."""
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except ValueError:
+        continue
+  return out
+
+
+def truncate_metrics(workdir: str, step: int):
+  """Keeps the records of steps <= `step` in `workdir/metrics.jsonl`, replacing it atomically."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  kept = [r for r in _records(path) if r.get("step", 0) <= step]
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in kept)
+  os.replace(tmp, path)
+
+
 def read_metrics(workdir: str) -> list[dict]:
   """The records of `workdir/metrics.jsonl`; a resumed run's repeated steps keep the latest."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   by_key = {}
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        rec = json.loads(line)
-        by_key[(rec["step"], tuple(sorted(rec)))] = rec
+  for rec in _records(path):
+    by_key[(rec["step"], tuple(sorted(rec)))] = rec
   return sorted(by_key.values(), key=lambda r: r["step"])
 
 

@@ -11,6 +11,8 @@ def test_heldout_path(tmp_path):
   assert setup.heldout_path("") is None
   with pytest.raises(UserError, match="does not exist"):
     setup.heldout_path(str(tmp_path / "missing.txt"))
+  with pytest.raises(UserError, match="is a folder"):
+    setup.heldout_path(str(tmp_path))
   f = tmp_path / "t.txt"
   f.write_text("hello")
   assert setup.heldout_path(str(f)) == str(f)
