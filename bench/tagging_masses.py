@@ -102,6 +102,8 @@ def report(results: dict, out_json: str):
   axes[0].set_title("context tagging: mass against surprisal")
   axes[0].legend(fontsize=7)
   axes[0].grid(alpha=0.3)
+  heads = len(next(iter(results["arms"][arms[0]]["head_mass"].values())))
+  axes[1].set_xticks([h + 0.25 for h in range(heads)], [str(h) for h in range(heads)])
   axes[1].set_xlabel("query head")
   axes[1].set_ylabel("gravity mass M_h")
   axes[1].set_title("per-head gravity mass")
