@@ -78,9 +78,7 @@ def report(results, out_json):
                 f"{r['steps']} | {r['val_bpb']:.4f} | {r['heldout_bpb']:.4f} | "
                 f"{r['attractor_residual_rel']:.2%} |")
   text.append("\n![attractor steps](../bench/results/attractor_steps.png)")
-  print("\n".join(text))
-  cli_runs.write_results_section("attractor_steps", "\n".join(text))
-  print(f"wrote {png}")
+  cli_runs.publish("attractor_steps", text, png)
 
 
 def main(argv):
@@ -129,17 +127,7 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined on run, so that tests can import several scripts)."""
-  flags.DEFINE_float("deadline_s", 0,
-                     "Start no run that would end past this many seconds from now (0: no "
-                     "deadline).")
-  flags.DEFINE_string("workdir", "/tmp/ban_attractor_steps", "Where the runs train.")
-  flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "attractor_steps.json"),
-                      "Results file (JSON, rewritten after every finished run).")
-  flags.DEFINE_string("ablation", os.path.join(REPO, "bench", "results", "ablation.json"),
-                      "The ablation's results: the budget and the arm's best rate.")
-  flags.DEFINE_list("seeds", ["0"], "Seeds.")
-  flags.DEFINE_bool("report_only", False, "Write the plot; train nothing.")
-
+  cli_runs.define_study_flags("attractor_steps", ablation_help="The ablation's results: the budget and the arm's best rate.")
 
 if __name__ == "__main__":
   define_flags()

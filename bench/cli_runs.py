@@ -219,3 +219,28 @@ def write_results_section(name: str, text: str, path: str | None = None):
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(updated)
   os.replace(tmp, path)
+
+
+def define_study_flags(name: str, *, ablation_help: str | None = None, seeds: bool = True):
+  """The flags every training study shares: --deadline_s, --workdir (/tmp/ban_NAME), --out
+  (bench/results/NAME.json), --report_only, and optionally --ablation and --seeds."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_float("deadline_s", 0, "Start no run that would end past this many seconds from "
+                     "now (0: no deadline); a run cut short resumes.")
+  flags.DEFINE_string("workdir", f"/tmp/ban_{name}", "Where the runs train.")
+  flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", f"{name}.json"),
+                      "Results file (JSON, rewritten after every finished run).")
+  flags.DEFINE_bool("report_only", False, "Write the plot and the results section; train "
+                    "nothing.")
+  if ablation_help:
+    flags.DEFINE_string("ablation", ABLATION_JSON, ablation_help)
+  if seeds:
+    flags.DEFINE_list("seeds", ["0"], "Seeds.")
+
+
+def publish(name: str, lines: list[str], png: str):
+  """Prints a study's results section, writes it into docs/results.md, names the plot."""
+  text = "\n".join(lines)
+  print(text)
+  write_results_section(name, text)
+  print(f"wrote {png} and the `{name}` section of {RESULTS_MD}")

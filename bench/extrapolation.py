@@ -154,9 +154,7 @@ def report(results: dict, out_json: str):
                 "any fixed start, so a fixed-law arm would test a different, untuned field. It "
                 "was not trained.")
   text.append("\n![extrapolation](../bench/results/extrapolation.png)")
-  print("\n".join(text))
-  cli_runs.write_results_section("extrapolation", "\n".join(text))
-  print(f"wrote {png}")
+  cli_runs.publish("extrapolation", text, png)
 
 
 def main(argv):
@@ -198,15 +196,7 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined on run, so that tests can import several scripts)."""
-  flags.DEFINE_float("deadline_s", 0,
-                     "Start no training that would end past this many seconds from now (0: no "
-                     "deadline); a cut run resumes.")
-  flags.DEFINE_string("workdir", "/tmp/ban_extrapolation", "Where the runs train.")
-  flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "extrapolation.json"),
-                      "Results file (JSON, rewritten after every finished arm).")
-  flags.DEFINE_list("seeds", ["0"], "Seeds per arm.")
-  flags.DEFINE_bool("report_only", False, "Write the plot; train nothing.")
-
+  cli_runs.define_study_flags("extrapolation")
 
 if __name__ == "__main__":
   define_flags()

@@ -128,9 +128,7 @@ def report(results: dict, out_json: str):
                   f"{low if low is None else format(low, '.3f')} | "
                   f"{high if high is None else format(high, '.3f')} |")
   text.append("\n![tagging masses](../bench/results/tagging_masses.png)")
-  print("\n".join(text))
-  cli_runs.write_results_section("tagging", "\n".join(text))
-  print(f"wrote {png}")
+  cli_runs.publish("tagging", text, png)
 
 
 def main(argv):

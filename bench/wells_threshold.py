@@ -97,9 +97,7 @@ def report(results, out_json):
     text.append(f"\nSeed-to-seed std of one arm's validation bits/byte in the ablation: "
                 f"{noise:.4f}; a difference of a single seed within twice that is not shown.")
   text.append("\n![wells threshold](../bench/results/wells_threshold.png)")
-  print("\n".join(text))
-  cli_runs.write_results_section("wells_threshold", "\n".join(text))
-  print(f"wrote {png}")
+  cli_runs.publish("wells_threshold", text, png)
 
 
 def main(argv):
@@ -147,17 +145,7 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined on run, so that tests can import several scripts)."""
-  flags.DEFINE_float("deadline_s", 0,
-                     "Start no run that would end past this many seconds from now (0: no "
-                     "deadline).")
-  flags.DEFINE_string("workdir", "/tmp/ban_wells_threshold", "Where the runs train.")
-  flags.DEFINE_string("out", os.path.join(REPO, "bench", "results", "wells_threshold.json"),
-                      "Results file (JSON, rewritten after every finished run).")
-  flags.DEFINE_string("ablation", os.path.join(REPO, "bench", "results", "ablation.json"),
-                      "The ablation's results: the full arm's learning rate and steps.")
-  flags.DEFINE_list("seeds", ["0"], "Seeds.")
-  flags.DEFINE_bool("report_only", False, "Write the plot; train nothing.")
-
+  cli_runs.define_study_flags("wells_threshold", ablation_help="The ablation's results: the full arm's learning rate and steps.")
 
 if __name__ == "__main__":
   define_flags()

@@ -17,6 +17,7 @@ from ban_jax.layers.branches import AttractorConfig, BranchedAttractor
 from ban_jax.layers.validation import check_int
 from ban_jax.models.common import check_trunk
 from ban_jax.models.common import read_then_attend
+from ban_jax.models.common import reading_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +148,7 @@ class BANLM(nn.Module):
         return embed.attend(x * cfg.width ** -0.5).astype(jnp.float32)
       return head(x).astype(jnp.float32)
 
-    reading = None
-    if kv is not None and cfg.attention.uses_surprisal:
-      reading = self.variable("cache", "read_last_logits", jnp.zeros,
-                              (tokens.shape[0], self.vocab_size), jnp.float32)
+    reading = reading_state(self, kv, cfg.attention, tokens.shape[0], self.vocab_size)
     return read_then_attend(trunk, tokens, segment_ids, cfg.attention, positions=positions,
                             reading=reading)
 

@@ -93,3 +93,12 @@ def read_then_attend(trunk, tokens, segment_ids, attention_config, *, positions=
     reading.value = first[:, -1]
   surprisal = surprisal_ops.token_surprisal(first, tokens, segment_ids, previous=previous)
   return trunk(jax.lax.stop_gradient(surprisal), False)
+
+
+def reading_state(module, kv, attention_config, batch: int, vocab_size: int):
+  """While decoding a surprisal-tagged model: the cache variable holding the reading pass's
+  last logits (float32 [batch, vocab]) that `read_then_attend` carries; None otherwise."""
+  if kv is None or not attention_config.uses_surprisal:
+    return None
+  return module.variable("cache", "read_last_logits", jnp.zeros, (batch, vocab_size),
+                         jnp.float32)
