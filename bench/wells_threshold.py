@@ -116,7 +116,7 @@ def main(argv):
                             if a in summary)
   deadline = time.time() + FLAGS.deadline_s if FLAGS.deadline_s else None
   for seed in (int(s) for s in FLAGS.seeds):
-    for threshold in THRESHOLDS:
+    for threshold in (float(t) for t in FLAGS.thresholds):
       if any(r["threshold"] == threshold and r["seed"] == seed for r in results["runs"]):
         continue
       tag = f"t{threshold:g}_s{seed}"
@@ -145,6 +145,7 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined on run, so that tests can import several scripts)."""
+  flags.DEFINE_list("thresholds", [str(t) for t in THRESHOLDS], "Thresholds to train.")
   cli_runs.define_study_flags("wells_threshold", ablation_help="The ablation's results: the full arm's learning rate and steps.")
 
 if __name__ == "__main__":
