@@ -97,8 +97,8 @@ def main(argv):
   scale = cli_runs.SCALES["cpu"]
   deadline = time.time() + FLAGS.deadline_s if FLAGS.deadline_s else None
   for seed in (int(s) for s in FLAGS.seeds):
-    for implicit in (False, True):
-      for k in STEPS:
+    for implicit in (g == "implicit" for g in FLAGS.gradients):
+      for k in (int(x) for x in FLAGS.ks):
         if any(r["attractor_steps"] == k and r["implicit_grad"] == implicit
                and r["seed"] == seed for r in results["runs"]):
           continue
@@ -127,6 +127,8 @@ def main(argv):
 
 def define_flags():
   """The command line's flags (defined on run, so that tests can import several scripts)."""
+  flags.DEFINE_list("ks", [str(k) for k in STEPS], "Attractor steps to train.")
+  flags.DEFINE_list("gradients", ["backprop", "implicit"], "backprop and/or implicit.")
   cli_runs.define_study_flags("attractor_steps", ablation_help="The ablation's results: the budget and the arm's best rate.")
 
 if __name__ == "__main__":
