@@ -188,8 +188,3 @@ def select(spec: KVSpec, candidates: dict, now) -> dict:
   keep = jax.lax.top_k(s, slots)[1]                                   # [b, S]
   return {name: jnp.take_along_axis(x, keep.reshape(keep.shape + (1,) * (x.ndim - 2)), axis=1)
           for name, x in candidates.items()}
-
-
-def positions_in(cache: dict) -> jax.Array:
-  """The positions held, int32 [b, S] (-1 = empty): what a test or a plot reads."""
-  return cache["position"]
