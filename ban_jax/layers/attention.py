@@ -35,6 +35,9 @@ TAGGING_SOURCES = ("hidden", "surprisal")
 # largest logit M²/ε ≈ 9.5 (with M = 0.5 it would be 2.5, too flat for a head to single out one
 # token among hundreds).
 DEFAULT_MASS_INIT = 0.5
+# Where `SelfAttention` sows its attention weights, float32 [batch, heads, q_len, k_len], when
+# the caller makes this collection mutable (`apply(..., mutable=[WEIGHTS_COLLECTION])`).
+WEIGHTS_COLLECTION = "attention_weights"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +208,14 @@ class SelfAttention(nn.Module):
       out = gravity_ops.gravity_attention(q, k, v, mass, causal=True, segment_ids=segment_ids,
                                           positions=positions, key_mass=key_mass,
                                           block_q=cfg.block_size, **op_args)
+    if kv is None and not quiet and self.is_mutable_collection(WEIGHTS_COLLECTION):
+      # Opt-in (a diagnostic asks for the collection): the weights are materialised,
+      # [batch, heads, length, length], which training must never pay for.
+      _, weights = gravity_ops.gravity_attention_weights(
+          q, k, v, mass, eps=cfg.eps, causal=True, segment_ids=segment_ids,
+          positions=positions, key_mass=key_mass, power_law=power_law, alibi_slopes=alibi,
+          score=cfg.kind)
+      self.sow(WEIGHTS_COLLECTION, "weights", weights)
     return nn.DenseGeneral(features, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                            name="out")(out)
 

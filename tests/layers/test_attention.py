@@ -82,6 +82,35 @@ def test_layer_is_the_op_on_its_projections():
 
 @pytest.mark.parametrize("att, posn, tagging", [
     ("gravity", "power_law", True),
+    ("dot", "rope", False),        # the output from jax.nn, the weights from the op
+])
+def test_sown_attention_weights_reproduce_the_output(att, posn, tagging):
+  """Asked for (a mutable "attention_weights"), the layer sows weights that, applied to its
+  own values, give its output; causal, rows summing to 1 (0 on padding); not asked, nothing."""
+  layer = _layer(kind=att, positional=posn, tagging=tagging)
+  x = _x()
+  seg = jnp.asarray([[1] * 6 + [2] * 5 + [0] * 2] * 2)
+  pos = jnp.asarray([list(range(6)) + list(range(5)) + [0, 0]] * 2)
+  params = layer.init(jax.random.key(0), x)["params"]
+  got, state = layer.apply({"params": params}, x, segment_ids=seg, positions=pos,
+                           mutable=[attention.WEIGHTS_COLLECTION])
+  w = state[attention.WEIGHTS_COLLECTION]["weights"][0]
+  assert w.shape == (2, 4, 13, 13)
+  v = jnp.repeat(jnp.einsum("btf,fhd->bthd", x, params["value"]["kernel"]), 2, axis=2)
+  want = jnp.einsum("bhqk,bkhd,hdf->bqf", w, v, params["out"]["kernel"])
+  real = np.asarray(seg != 0)
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(w.sum(-1), np.broadcast_to(real[:, None], (2, 4, 13)), atol=1e-5)
+  assert float(jnp.abs(jnp.triu(w, 1)).max()) == 0.0
+  assert float(w[:, :, 7, :6].max()) == 0.0   # no attention across documents
+  _, quiet = layer.apply({"params": params}, x, segment_ids=seg, positions=pos,
+                         mutable=["diagnostics"])
+  assert attention.WEIGHTS_COLLECTION not in quiet
+
+
+@pytest.mark.parametrize("att, posn, tagging", [
+    ("gravity", "power_law", True),
     ("inverse_square", "alibi", False),
     ("dot", "rope", False),        # full forward via jax.nn, decode via the op
 ])
