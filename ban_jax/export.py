@@ -1,0 +1,145 @@
+r"""Exports a trained run to one `.banx` file for the NumPy runtime (`ban_jax.runtime`).
+
+    python -m ban_jax.export --workdir=runs/smoke --out=smoke.banx [--dtype=int8|float16|float32]
+    python -m ban_jax.runtime --model=smoke.banx --prompt="The history of "
+
+The file holds the run's config, its tokenizer's description and its weights, each weight a
+64-byte-aligned block the runtime memory-maps (`ban_jax/runtime/banx.py` has the layout).
+`--dtype=int8` stores every matrix as int8 with one float32 scale per output channel
+(symmetric, weight-only; `--group=G` gives each run of G inputs its own scale instead);
+`float16` halves them; vectors (norm scales, biases, per-head scalars) stay float32 in every
+case. Activations are float32 in the runtime whatever the run's `model.dtype` was.
+"""
+
+import dataclasses
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from ban_jax.errors import UserError
+from ban_jax.runtime import banx
+from ban_jax.runtime import quantize
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's folder (or an exported "
+                               "params.msgpack folder).")
+_OUT = flags.DEFINE_string("out", None, "The .banx file to write.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", f"Weight storage: one of {quantize.DTYPES}.")
+_GROUP = flags.DEFINE_integer("group", 0, "int8: inputs per scale (0: one scale per output "
+                              "channel).")
+_STEP = flags.DEFINE_integer("step", None, "The checkpoint to export (default: the newest).")
+
+
+def contracted_axes(name: str, shape) -> tuple[int, ...]:
+  """The axes a weight's matmul sums over (its int8 scales are shared along them).
+
+  Flax kernels are [inputs..., outputs...] with one input axis, except the attention output
+  projection ([heads, head_dim, width]: two), the BAN's branch kernels ([N, width, d]: the
+  middle one) and the embedding, whose rows are both looked up and (tied) output channels.
+  """
+  if name.endswith("embed/embedding"):
+    return (len(shape) - 1,)
+  if name.endswith("branches/kernel"):
+    return (1,)
+  if name.endswith("/out/kernel") and len(shape) == 3:
+    return (0, 1)
+  return (0,)
+
+
+def flatten(params, prefix: str = "") -> dict[str, np.ndarray]:
+  """{"layer_0/attention/query/kernel": float32 array, ...} from a nested parameter dict."""
+  out = {}
+  for key, value in params.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) or hasattr(value, "items"):
+      out.update(flatten(value, name + "/"))
+    else:
+      out[name] = np.asarray(value, np.float32)
+  return out
+
+
+def encode(params, dtype: str, group: int = 0) -> dict:
+  """{name: (stored array, scale or None)} for `banx.write`: matrices in `dtype`, the rest
+  float32."""
+  if dtype not in quantize.DTYPES:
+    raise ValueError(f"dtype={dtype!r} is not one of {quantize.DTYPES}.")
+  out = {}
+  for name, w in flatten(params).items():
+    small = w.ndim < 2 or w.size < quantize.MIN_QUANTISED_SIZE
+    if dtype == "float32" or small:
+      out[name] = (w, None)
+    elif dtype == "float16":
+      out[name] = (w.astype(np.float16), None)
+    else:
+      out[name] = quantize.quantize_int8(w, contracted_axes(name, w.shape), group)
+  return out
+
+
+def header(config, model_config, tokenizer, *, step: int, dtype: str, group: int = 0) -> dict:
+  """The `.banx` header of a run: model, vocab_size, seq_len, tokenizer, config, dtype."""
+  kind = "ban" if hasattr(model_config, "attractor") else "transformer"
+  if getattr(tokenizer, "name", "") == "bytes":
+    description = {"kind": "bytes", "specials": int(tokenizer.num_specials),
+                   "bos_id": int(tokenizer.bos_id), "eos_id": int(tokenizer.eos_id),
+                   "vocab_size": int(tokenizer.vocab_size)}
+  else:
+    description = {"kind": "sentencepiece", "vocab_size": int(tokenizer.vocab_size)}
+  return {"model": dict(dataclasses.asdict(model_config), kind=kind),
+          "vocab_size": int(tokenizer.vocab_size), "seq_len": int(config.data.seq_len),
+          "tokenizer": description, "config": config.to_dict(), "dtype": dtype,
+          "group": int(group), "step": int(step)}
+
+
+def export(run, out: str, dtype: str = "float32", group: int = 0) -> int:
+  """Writes a `TrainedRun` (ban_jax.inference.trained) to `out`; returns the file's size."""
+  tensors = encode(run.params, dtype, group)
+  banx.write(out, header(run.config, run.model.config, run.tokenizer, step=run.step,
+                         dtype=dtype, group=group), tensors)
+  return os.path.getsize(out)
+
+
+def run_cli() -> None:
+  """Everything after flag parsing; raises UserError for bad input."""
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required: the folder of a trained run (runs/<preset>).")
+  if not _OUT.value:
+    raise UserError("--out is required: the .banx file to write, e.g. --out=model.banx.")
+  if _DTYPE.value not in quantize.DTYPES:
+    raise UserError(f"--dtype={_DTYPE.value} is unknown; use one of {quantize.DTYPES}.")
+  if _GROUP.value < 0 or (_GROUP.value and _DTYPE.value != "int8"):
+    raise UserError(f"--group={_GROUP.value}: a group size is >= 0 and only means something "
+                    "with --dtype=int8.")
+  out = os.path.abspath(_OUT.value)
+  if os.path.isdir(out):
+    raise UserError(f"--out={_OUT.value} is a folder; name the file to write, e.g. "
+                    f"{os.path.join(_OUT.value, 'model.banx')}.")
+  if not os.path.isdir(os.path.dirname(out)):
+    raise UserError(f"--out={_OUT.value}: the folder {os.path.dirname(out)} does not exist; "
+                    "create it first.")
+  if not os.path.isdir(_WORKDIR.value):
+    raise UserError(f"--workdir={_WORKDIR.value} is not a folder; pass the folder of a trained "
+                    "run (python -m ban_jax.main --workdir=...).")
+  # Imported here so that flag errors answer without loading JAX.
+  from ban_jax.inference import trained  # pylint: disable=g-import-not-at-top
+  run = trained.load(_WORKDIR.value, step=_STEP.value)
+  try:
+    size = export(run, out, _DTYPE.value, _GROUP.value)
+  except OSError as e:
+    raise UserError(f"--out={_OUT.value} cannot be written ({e}).") from e
+  print(f"wrote {out}: {size:,} bytes, {_DTYPE.value} weights of step {run.step}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    run_cli()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
