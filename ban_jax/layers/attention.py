@@ -5,8 +5,8 @@ score (`kind="dot" | "gravity" | "inverse_square"`, `ban_jax.ops.gravity`), the 
 scheme (`positional="rope" | "alibi" | "power_law" | "none"`), optional context tagging, and a
 decode cache. It lifts into any model on its own, e.g.
 `SelfAttention(AttentionConfig(num_heads=4, head_dim=16, kind="gravity"))`.
-`GravityAttentionFn` and `gravity_attention_fn` plug gravity attention into any linen model
-built on `nn.MultiHeadDotProductAttention` through its `attention_fn` argument.
+To plug gravity attention into a flax model built on `nn.MultiHeadDotProductAttention` or
+`nnx.MultiHeadAttention` instead, see `ban_jax.layers.attention_fn`.
 """
 
 import dataclasses
@@ -243,107 +243,3 @@ class SelfAttention(nn.Module):
 
 # The gravity layer under the name the Gravity-2 paper uses; the same module.
 GravityAttention = SelfAttention
-
-
-def gravity_attention_fn(query, key, value, bias=None, mask=None, broadcast_dropout=True,
-                         dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
-                         precision=None, module=None, *, score="gravity", mass=None,
-                         mass_init=DEFAULT_MASS_INIT, eps=0.1, causal=False,
-                         implementation="auto"):
-  """Gravity attention with the call signature of `flax.linen.dot_product_attention`.
-
-  For `nn.MultiHeadDotProductAttention(attention_fn=...)`. The mass M per head comes from, in
-  order: `mass` if given (fixed); else, when flax passes `module` (it does when the layer is
-  called with `sow_weights=True`), a learnable `gravity_mass_log` parameter created on that
-  module; else the fixed M = softplus(mass_init). For a learnable mass in any model, pass a
-  `GravityAttentionFn()` instance instead, which owns the parameter.
-
-  Args:
-    query: [batch..., q_len, heads, head_dim].
-    key: [batch..., k_len, kv_heads, head_dim].
-    value: [batch..., k_len, kv_heads, v_dim].
-    bias: float broadcastable to [batch..., heads, q_len, k_len], or None.
-    mask: bool broadcastable to [batch..., heads, q_len, k_len] (True attends), or None; this
-      carries causality in flax models (`nn.make_causal_mask`).
-    broadcast_dropout: unused (no attention dropout).
-    dropout_rng: unused.
-    dropout_rate: must be 0 unless `deterministic`: attention dropout is not supported.
-    deterministic: see `dropout_rate`.
-    dtype: output dtype; None keeps the input dtype.
-    precision: ignored; the op picks full float32 precision itself.
-    module: the calling flax module, if flax passes it.
-    score: "gravity", "inverse_square" or "dot".
-    mass: fixed positive [heads] masses, or None.
-    mass_init: raw initial value of the mass parameter.
-    eps: distance softening ε.
-    causal: add a causal mask on top of `mask`.
-    implementation: as in `ban_jax.ops.gravity.gravity_attention`.
-
-  Returns:
-    [batch..., q_len, heads, v_dim].
-  """
-  del broadcast_dropout, dropout_rng, precision
-  if dropout_rate > 0.0 and not deterministic:
-    raise ValueError("gravity attention has no attention dropout; set dropout_rate=0 on the "
-                    "attention layer (or run deterministic).")
-  heads = query.shape[-2]
-  if mass is None and score == "gravity":
-    if module is not None:
-      raw = module.param("gravity_mass_log", nn.initializers.constant(mass_init), (heads,),
-                         jnp.float32)
-    else:
-      raw = jnp.full((heads,), mass_init, jnp.float32)
-    mass = nn.softplus(raw)
-  batch_dims = query.shape[:-3]
-  flat = lambda x: x.reshape((-1,) + x.shape[-3:])
-  def flat_dense(x):
-    if x is None:
-      return None
-    x = jnp.asarray(x)
-    x = x.reshape((1,) * (len(batch_dims) + 3 - x.ndim) + x.shape)
-    if any(d != 1 for d in x.shape[:-3]):
-      x = jnp.broadcast_to(x, batch_dims + x.shape[-3:])
-    return x.reshape((-1,) + x.shape[-3:])
-  out = gravity_ops.gravity_attention(
-      flat(query), flat(key), flat(value), mass, eps=eps, causal=causal, bias=flat_dense(bias),
-      mask=flat_dense(mask), score=score, implementation=implementation)
-  out = out.reshape(batch_dims + out.shape[1:])
-  return out if dtype is None else out.astype(dtype)
-
-
-class GravityAttentionFn(nn.Module):
-  """A drop-in `attention_fn` for `nn.MultiHeadDotProductAttention` with a learnable mass.
-
-  Pass an instance (`nn.MultiHeadDotProductAttention(..., attention_fn=GravityAttentionFn())`):
-  flax adopts it as a submodule, so its `gravity_mass_log` [heads] parameter (M = softplus)
-  trains with the rest of the model. One instance shared by several layers shares one set of
-  masses; give each layer its own instance for per-layer masses.
-
-  Attributes:
-    score: "gravity", "inverse_square" or "dot".
-    mass_init: raw initial value of `gravity_mass_log` (M = softplus(mass_init)).
-    eps: distance softening ε.
-    causal: add a causal mask on top of the mask flax passes.
-    implementation: as in `ban_jax.ops.gravity.gravity_attention`.
-  """
-  score: str = "gravity"
-  mass_init: float = DEFAULT_MASS_INIT
-  eps: float = 0.1
-  causal: bool = False
-  implementation: str = "auto"
-
-  @nn.compact
-  def __call__(self, query, key, value, bias=None, mask=None, broadcast_dropout=True,
-               dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
-               precision=None, module=None):
-    """Same arguments and result as `gravity_attention_fn` (and flax's attention_fn)."""
-    del module
-    mass = None
-    if self.score == "gravity":
-      raw = self.param("gravity_mass_log", nn.initializers.constant(self.mass_init),
-                       (query.shape[-2],), jnp.float32)
-      mass = nn.softplus(raw)
-    return gravity_attention_fn(
-        query, key, value, bias=bias, mask=mask, dropout_rate=dropout_rate,
-        deterministic=deterministic, dtype=dtype, mass=mass, score=self.score, eps=self.eps,
-        causal=self.causal, implementation=self.implementation)

@@ -1,23 +1,15 @@
 """Tests for ban_jax/layers/attention.py."""
 
-import bz2
-import importlib.metadata
 import re
-from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from ban_jax.layers import attention
 from ban_jax.ops import gravity as G
 from ban_jax.ops import kv_cache
-
-WIKI_DUMP = ("gensim/test/test_data/"
-             "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
 
 
 def _layer(**kw):
@@ -165,103 +157,3 @@ def test_defaults_make_a_usable_layer():
   # head_dim None: the input width over the heads.
   params = jax.eval_shape(lambda: attention.SelfAttention().init(jax.random.key(0), _x()))
   assert params["params"]["query"]["kernel"].shape == (16, 4, 4)
-
-
-# ------------------------------------------------------------------------------------------
-# Drop-in use in a model written for flax's own attention.
-
-
-class TinyLM(nn.Module):
-  """A byte-level causal LM built on nn.MultiHeadDotProductAttention; knows nothing of gravity."""
-  attention_fn: Callable = nn.dot_product_attention
-  features: int = 64
-  layers: int = 2
-
-  @nn.compact
-  def __call__(self, tokens):
-    length = tokens.shape[1]
-    x = nn.Embed(256, self.features)(tokens)
-    x = x + self.param("pos", nn.initializers.normal(0.02), (length, self.features))
-    mask = nn.make_causal_mask(tokens)
-    for _ in range(self.layers):
-      h = nn.LayerNorm()(x)
-      x = x + nn.MultiHeadDotProductAttention(num_heads=4, attention_fn=self.attention_fn)(
-          h, mask=mask)
-      h = nn.LayerNorm()(x)
-      x = x + nn.Dense(self.features)(nn.gelu(nn.Dense(4 * self.features)(h)))
-    return nn.Dense(256)(nn.LayerNorm()(x))
-
-
-def _wikipedia_bytes(limit=300_000):
-  """Article bodies (wiki markup) from the dump bundled with gensim, without importing it."""
-  path = importlib.metadata.distribution("gensim").locate_file(WIKI_DUMP)
-  with bz2.open(path, "rb") as f:
-    xml = f.read()
-  bodies = re.findall(rb"<text[^>]*>(.*?)</text>", xml, flags=re.S)
-  text = b"\n".join(bodies)
-  assert len(text) > limit
-  return np.frombuffer(text[:limit], np.uint8)
-
-
-def test_gravity_attention_fn_swapped_into_flax_model_trains_on_wikipedia():
-  data = _wikipedia_bytes()
-  length, batch, steps = 64, 16, 40
-  model = TinyLM(attention_fn=attention.GravityAttentionFn())
-  rng = np.random.default_rng(0)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
-  masses = jax.tree_util.tree_leaves_with_path(params)
-  masses = [leaf for path, leaf in masses if "gravity_mass_log" in jax.tree_util.keystr(path)]
-  assert len(masses) == 1 and masses[0].shape == (4,)
-  opt = optax.adam(3e-3)
-
-  @jax.jit
-  def train_step(params, opt_state, tokens):
-    def loss_fn(params):
-      logits = model.apply({"params": params}, tokens[:, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = opt.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  opt_state = opt.init(params)
-  start_params = params
-  losses = []
-  for _ in range(steps):
-    starts = rng.integers(0, len(data) - length - 1, size=batch)
-    tokens = jnp.asarray(np.stack([data[s:s + length + 1] for s in starts]), jnp.int32)
-    params, opt_state, loss = train_step(params, opt_state, tokens)
-    losses.append(float(loss))
-  assert np.all(np.isfinite(losses))
-  first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-  assert last < first - 1.0, losses                      # from ~ln 256 = 5.5 down to ~3
-  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params,
-                                 start_params)
-  assert moved["attention_fn"]["gravity_mass_log"] > 0   # the mass is learnt
-
-
-def test_gravity_attention_fn_mass_sources():
-  """Fixed mass without a module; a learnable `gravity_mass_log` on the module flax passes
-  (sow_weights=True); the result equals the op with that mass and flax's mask."""
-  x = _x(length=9)
-  mha = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=32,
-                                        attention_fn=attention.gravity_attention_fn)
-  mask = nn.make_causal_mask(jnp.ones((2, 9)))
-  params = jax.jit(lambda: mha.init(jax.random.key(0), x, mask=mask))()["params"]
-  assert "gravity_mass_log" not in params
-  out = jax.jit(lambda p: mha.apply({"params": p}, x, mask=mask))(params)
-  v2 = jax.jit(lambda: mha.init(jax.random.key(0), x, mask=mask, sow_weights=True))()
-  np.testing.assert_allclose(v2["params"]["gravity_mass_log"], np.full(4, 0.5))
-  out2 = jax.jit(lambda p: mha.apply({"params": p}, x, mask=mask, sow_weights=True,
-                                     mutable=["intermediates"])[0])(v2["params"])
-  np.testing.assert_allclose(out, out2, rtol=1e-6, atol=1e-6)
-  # By hand: projections, then the op with M = softplus(0.5) and a causal mask.
-  p = params
-  proj = lambda name: jnp.einsum("btf,fhd->bthd", x, p[name]["kernel"]) + p[name]["bias"]
-  o = G.gravity_attention(proj("query"), proj("key"), proj("value"),
-                          jnp.full(4, jax.nn.softplus(0.5)), causal=True,
-                          implementation="reference")
-  want = jnp.einsum("bthd,hdf->btf", o, p["out"]["kernel"]) + p["out"]["bias"]
-  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match="dropout"):
-    attention.gravity_attention_fn(jnp.ones((1, 4, 2, 4)), jnp.ones((1, 4, 2, 4)),
-                                   jnp.ones((1, 4, 2, 4)), dropout_rate=0.1)

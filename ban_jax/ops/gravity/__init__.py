@@ -176,12 +176,13 @@ def gravity_attention_decode(query, key_cache, value_cache, mass=None, *, index,
 
 def gravity_attention_weights(query, key, value, mass=None, *, eps: float = 0.1,
                               causal: bool = True, segment_ids=None, positions=None,
-                              key_mass=None, mask=None, power_law=None, alibi_slopes=None,
-                              q_offset=None, score: str = "gravity"):
+                              key_mass=None, bias=None, mask=None, power_law=None,
+                              alibi_slopes=None, q_offset=None, score: str = "gravity"):
   """`gravity_attention` that also returns its weights (materialised; for short query blocks).
 
   KV-cache policies score cached keys by the attention they receive; this is the exact
-  reference computation with its softmax kept. Arguments as in `gravity_attention`.
+  reference computation with its softmax kept; `flax`-style attention dropout and
+  `sow_weights` use it too. Arguments as in `gravity_attention`.
 
   Returns:
     (out [batch, q_len, heads, v_dim], weights float32 [batch, heads, q_len, k_len]; rows
@@ -189,7 +190,7 @@ def gravity_attention_weights(query, key, value, mass=None, *, eps: float = 0.1,
   """
   cfg, diff, aux = canonical.prepare(
       query, key, value, mass, eps=eps, causal=causal, segment_ids=segment_ids,
-      positions=positions, key_mass=key_mass, mask=mask, power_law=power_law,
+      positions=positions, key_mass=key_mass, bias=bias, mask=mask, power_law=power_law,
       alibi_slopes=alibi_slopes, q_offset=q_offset, score=score)
   return xla.reference_with_weights(cfg, diff, aux)
 
