@@ -28,6 +28,7 @@ import numpy as np
 MAGIC = b"BANX"
 VERSION = 1
 ALIGN = 64
+STORED_DTYPES = ("float32", "float16", "int8")
 _PREFIX = struct.Struct("<4sIQ")
 
 
@@ -55,6 +56,9 @@ def write(path: str, header: dict, tensors: dict[str, tuple[np.ndarray, np.ndarr
   for name in order:
     array, scale = tensors[name]
     array = np.ascontiguousarray(array)
+    if array.dtype.name not in STORED_DTYPES:
+      raise ValueError(f"tensor {name} is {array.dtype.name}; a .banx file stores "
+                       f"{STORED_DTYPES}: cast it first.")
     entry = {"dtype": array.dtype.name, "shape": list(array.shape), "offset": offset,
              "scale": None}
     blocks.append((offset, array))
