@@ -204,3 +204,11 @@ class BANBlock(Linen):
     module = ban.BANBlock(config)
     params = module.init({"params": rngs.params()}, _sample(config.width))["params"]
     super().__init__(module, params, rngs=rngs)
+
+
+def load(workdir: str, *, step: int | None = None):
+  """`ban_jax.load` for NNX: (model, config), the model a `Linen` NNX module over the run's
+  trained parameters; `model(tokens)` gives float32 logits [batch, length, vocab]."""
+  from ban_jax.inference import trained  # pylint: disable=g-import-not-at-top
+  run = trained.load(workdir, step=step)
+  return Linen(run.model, run.params), run.config
