@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from ban_jax import export
+from ban_jax.inference import banx_export as export
 from ban_jax.inference import trained
 from ban_jax.runtime import banx
 from ban_jax.runtime import quantize

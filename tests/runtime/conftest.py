@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ban_jax import export
+from ban_jax.inference import banx_export as export
 from ban_jax.data import tokenizer as tokenizer_lib
 from ban_jax.inference import decode
 from ban_jax.runtime import banx
