@@ -73,9 +73,7 @@ def attention(x, weights, cfg: dict, slots: dict, positions, spec, token_surpris
   heads, head_dim = cfg["num_heads"], cfg["head_dim"]
   kv_heads = cfg["num_kv_heads"] or heads
   group = heads // kv_heads
-  q = np.einsum("ld,dhk->lhk", x, weights("query/kernel"))
-  k = np.einsum("ld,dhk->lhk", x, weights("key/kernel"))
-  v = np.einsum("ld,dhk->lhk", x, weights("value/kernel"))
+  q, k, v = (project(x, weights(f"{name}/kernel")) for name in ("query", "key", "value"))
   if cfg["positional"] == "rope":
     q = rope(q, positions, cfg["rope_max_wavelength"])
     k = rope(k, positions, cfg["rope_max_wavelength"])
@@ -87,15 +85,18 @@ def attention(x, weights, cfg: dict, slots: dict, positions, spec, token_surpris
   length, n = x.shape[0], candidates["position"].shape[0]
   per_head = lambda a: a.reshape(kv_heads, group)[:, :, None, None]
 
-  qg = q.reshape(length, kv_heads, group, head_dim)
-  keys, values = candidates["k"], candidates["v"]
-  s = np.einsum("lkgd,nkd->kgln", qg, keys)
+  # Batched matmuls over the kv heads (BLAS), not einsum: [kv, group·L, hd] @ [kv, hd, n].
+  qg = q.reshape(length, kv_heads, group, head_dim).transpose(1, 2, 0, 3)     # [kv, g, L, hd]
+  keys = candidates["k"].transpose(1, 0, 2)                                  # [kv, n, hd]
+  values = candidates["v"].transpose(1, 0, 2)
+  s = np.matmul(qg.reshape(kv_heads, group * length, head_dim), keys.transpose(0, 2, 1))
+  s = s.reshape(kv_heads, group, length, n)
   kind = cfg["kind"]
   if kind == "dot":
     z = s * np.float32(1.0 / math.sqrt(head_dim))
   else:
-    qn = np.einsum("lkgd->kgl", qg * qg)
-    kn = np.einsum("nkd->kn", keys * keys)
+    qn = np.sum(qg * qg, axis=-1)                                            # [kv, g, L]
+    kn = np.sum(keys * keys, axis=-1)                                        # [kv, n]
     d2 = np.maximum(qn[..., None] + kn[:, None, None, :] - np.float32(2.0) * s, np.float32(0))
     if kind == "gravity":
       potential = np.float32(1.0) / (d2 + np.float32(cfg["eps"]))
@@ -126,10 +127,17 @@ def attention(x, weights, cfg: dict, slots: dict, positions, spec, token_surpris
   e = np.where(visible, np.exp(z - m), np.float32(0))
   total = np.sum(e, axis=-1, keepdims=True)
   w = (e / np.where(total > 0, total, np.float32(1))).astype(np.float32)
-  out = np.einsum("kgln,nkd->lkgd", w, values).reshape(length, heads, head_dim)
-  out = np.einsum("lhk,hkd->ld", out, weights("out/kernel"))
+  out = np.matmul(w.reshape(kv_heads, group * length, n), values)           # [kv, g·L, hd]
+  out = out.reshape(kv_heads, group, length, head_dim).transpose(2, 0, 1, 3)
+  out = out.reshape(length, heads * head_dim) @ weights("out/kernel").reshape(heads * head_dim,
+                                                                              -1)
   candidates = cache_lib.observe(candidates, w.reshape(heads, length, n))
   return out, cache_lib.select(spec, candidates, int(positions[-1]))
+
+
+def project(x, kernel):
+  """x [L, D] @ kernel [D, heads, head_dim] -> [L, heads, head_dim] (one BLAS matmul)."""
+  return (x @ kernel.reshape(kernel.shape[0], -1)).reshape((x.shape[0],) + kernel.shape[1:])
 
 
 def influence_gate(signal, reference, threshold: float, cap: float):
@@ -151,7 +159,9 @@ def branched_attractor(x, weights, cfg: dict):
   branch's kernel (docs/design.md: branch offload).
   """
   n = cfg["num_branches"]
-  branches = np.einsum("ld,ndk->lnk", x, weights("branches/kernel")) + weights("branches/bias")
+  # One matmul per branch ([N, L, d]), viewed as [L, N, d]: no copy of the kernels.
+  branches = np.matmul(x[None], weights("branches/kernel")).transpose(1, 0, 2)
+  branches = branches + weights("branches/bias")
   scores = branches @ weights("salience/vector") + weights("salience/bias")          # [L, N]
   focus = np.argmax(scores, axis=-1)
   shifted = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
@@ -163,7 +173,7 @@ def branched_attractor(x, weights, cfg: dict):
     peripheral = np.tanh(branches)
     others = probs.copy()
     others[rows, focus] = 0.0
-    message = np.einsum("ln,lnk->lk", others, peripheral) @ weights("gate/proj/kernel")
+    message = np.matmul(others[:, None, :], peripheral)[:, 0] @ weights("gate/proj/kernel")
     influence, _ = influence_gate(message, h, cfg["threshold"], cfg["cap"])
     drive = h + np.float32(cfg["gamma"]) * influence
   w = weights("attractor/w")
