@@ -8,6 +8,8 @@ On a device, with this folder copied as `runtime/` beside the model: `python -m 
 Bad input is one `error:` line on stderr and exit status 2.
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 

@@ -19,6 +19,8 @@ every tensor is a contiguous aligned block at a known offset, the reader maps ea
 `np.memmap`: nothing is read until a weight is used, and pages stay shared with the OS cache.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import struct

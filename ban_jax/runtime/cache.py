@@ -11,6 +11,8 @@ score differences in float32; doing it in float64 would break ties differently).
 Arrays drop the batch axis of the JAX cache: one stream per cache.
 """
 
+from __future__ import annotations
+
 import dataclasses
 
 import numpy as np

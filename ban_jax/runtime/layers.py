@@ -8,6 +8,8 @@ attractor (`layers.branches.BranchedAttractor`) and the transformer's GELU MLP.
 `weights(name)` returns a float32 parameter by its flax path relative to the layer.
 """
 
+from __future__ import annotations
+
 import math
 
 import numpy as np

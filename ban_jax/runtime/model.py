@@ -11,6 +11,8 @@ decoded token's from the logits that predicted it), so a session makes the JAX c
 decisions.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 from . import banx

@@ -8,6 +8,8 @@ of dimensions, so `dequantize` needs no description of the layout: an axis where
 fewer entries than the weight (and more than one) is grouped.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 DTYPES = ("float32", "float16", "int8")

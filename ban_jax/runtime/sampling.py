@@ -4,6 +4,8 @@ Greedy decoding (temperature 0) gives the JAX path's tokens; sampled text follow
 distribution but NumPy's generator, not JAX's, draws from it.
 """
 
+from __future__ import annotations
+
 from typing import Callable
 
 import numpy as np

@@ -4,6 +4,8 @@ UTF-8 bytes shifted past `specials` ids (0 pad, 1 begin, 2 end of document). A m
 with a SentencePiece vocabulary cannot be served: the runtime carries no SentencePiece.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 from . import banx

@@ -66,9 +66,13 @@ def test_export_then_run_on_a_device_without_jax(tmp_path):
   assert out.returncode == 0, out.stderr.decode()[-3000:]
   assert out.stdout.startswith(b"The history of ")
   assert len(out.stdout) >= len(b"The history of ") + 100   # bytes, past the 32 slots
-  # The same process cannot import jax at all: the block is real.
+  # The block is real, and the runtime also loads as ban_jax.runtime (through ban_jax's
+  # __init__) in such a process.
   out = subprocess.run([sys.executable, "-c", NO_JAX, "jax"], capture_output=True, text=True)
   assert out.returncode and "blocked" in out.stderr
+  out = subprocess.run([sys.executable, "-c", NO_JAX, "ban_jax.runtime", f"--model={model}",
+                        "--prompt=A", "--length=3"], cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0 and out.stdout.startswith("A"), out.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
