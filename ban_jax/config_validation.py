@@ -54,6 +54,10 @@ def validate(config: ml_collections.ConfigDict) -> models.ModelConfig:
   rollbacks = config.train.get("max_rollbacks", 3)
   if isinstance(rollbacks, bool) or not isinstance(rollbacks, int) or rollbacks < 0:
     raise UserError(f"train.max_rollbacks={rollbacks!r} must be a non-negative integer.")
+  profile_steps = config.train.get("profile_steps", 0)
+  if not isinstance(profile_steps, int) or profile_steps < 0:
+    raise UserError(f"train.profile_steps={profile_steps!r} must be a non-negative integer "
+                    "(steps to trace; 0 for none).")
   if config.optimizer.warmup_steps >= config.train.steps:
     raise UserError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} must be smaller "
                     f"than train.steps={config.train.steps} (the schedule would never decay); "

@@ -112,6 +112,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # or "rollback" (restore that checkpoint, skip the batch that diverged, go on).
   c.train.nan_policy = "stop"
   c.train.max_rollbacks = 3          # rollbacks before giving up
+  # Steps to record with jax.profiler after the first (compiling) one, into the TensorBoard
+  # folder (Profile tab; a Perfetto *.trace.json.gz beside it); 0: none.
+  c.train.profile_steps = 0
 
   # AdamW with linear warm-up and cosine decay, global-norm clipping.
   c.optimizer = ml_collections.ConfigDict()

@@ -15,6 +15,7 @@ from ban_jax.training import budget
 from ban_jax.training import checkpoints
 from ban_jax.training import divergence
 from ban_jax.training import evaluate
+from ban_jax.training import live_views
 from ban_jax.training import preemption
 from ban_jax.training import queue as queue_lib
 from ban_jax.training import selection
@@ -70,6 +71,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               first_step)
   guard = divergence.Guard(config.train, ckpt, carried)
   run_start, eval_seconds, final, preempted = time.perf_counter(), 0.0, {}, None
+  trace = live_views.StepTrace(os.path.join(workdir, "tensorboard"), first_step=first_step,
+                               steps=config.train.get("profile_steps", 0))  # older configs lack it
 
   def run_eval(step, write=True):
     results = evaluator(state.params)
@@ -85,11 +88,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     while step < total_steps:
       guard.skip_if_due(step, data_iter)
       batches = host_queue.next(data_iter)
+      trace.before(step)
       state, metrics, draw = train_step(
           state, *(mesh_lib.global_batch(b, plan.batch_sharding) for b in batches))
       host_queue.push(draw)
       guard.add(metrics)
       done = step + 1
+      trace.after(done, state)
       log_due = done % config.train.log_every == 0 or done == total_steps
       save_due = ckpt.due(done) or done == total_steps
       stopping = stop.should_stop(done)
@@ -113,6 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         rates["train_sec"] = time.perf_counter() - run_start - eval_seconds
         writer.write_scalars(done, {**scalars, **{f"perf/{k}": v for k, v in rates.items()}})
         writers.log_progress(done, total_steps, scalars, rates)
+        live_views.write(writer, done, state.params, scalars)
         final.update(scalars)
       if done % config.eval.every_steps == 0 or done == total_steps:
         eval_start = time.perf_counter()
@@ -125,6 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if stopping:
         preempted = stop.signal_name
         break
+    trace.stop(state)
     if first_step >= total_steps:
       final.update(run_eval(first_step, write=not evaluated))
 

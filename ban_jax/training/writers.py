@@ -56,6 +56,11 @@ class MetricWriter:
     if self._enabled and values.size:
       self._tb.add_histogram(tag, values, step, bins="auto")
 
+  def write_image(self, step: int, tag: str, image):
+    """image: uint8 [height, width, 3]."""
+    if self._enabled:
+      self._tb.add_image(tag, np.asarray(image), step, dataformats="HWC")
+
   def write_text(self, step: int, tag: str, text: str):
     if self._enabled:
       self._tb.add_text(tag, text, step)
