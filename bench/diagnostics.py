@@ -28,6 +28,7 @@ flags.DEFINE_string("workdir", "/tmp/ban_jax_diagnostics", "Where the training r
 flags.DEFINE_float("deadline_s", None, "Stop starting work after this many seconds.")
 flags.DEFINE_bool("report_only", False, "Only rebuild the results section from the reports.")
 flags.DEFINE_bool("train_only", False, "Only train the runs (no reports).")
+flags.DEFINE_string("out", None, "Where the reports go (default bench/results/diagnostics).")
 flags.DEFINE_integer("cloze_items", 400, "Cloze prefixes per report.")
 
 OUT = os.path.join(cli_runs.REPO, "bench", "results", "diagnostics")
@@ -55,7 +56,7 @@ def train(name, deadline):
 
 
 def diagnose(name, workdir, deadline):
-  out = os.path.join(OUT, name)
+  out = os.path.join(FLAGS.out or OUT, name)
   if os.path.exists(os.path.join(out, "report.json")):
     return out
   args = [sys.executable, "-m", "ban_jax.diagnose", f"--workdir={workdir}", f"--out={out}",
