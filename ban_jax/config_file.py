@@ -3,6 +3,10 @@
 ml_collections reports a missing file, a failing `get_config` or an unknown override as a
 multi-line traceback; these checks give the same facts as one `UserError` that names the
 argument and the fix, by loading the file and walking the override's path ourselves.
+
+`resolve` lets `--config=configs/wiki.py` work from any folder: ml_collections reads config
+files by path only (as flax's examples pass them), so a relative path that the current folder
+lacks is looked up in the installed package, where the wheel carries the configs.
 """
 
 import difflib
@@ -14,14 +18,34 @@ import ml_collections
 from ban_jax.errors import UserError
 
 EXAMPLE = "--config=configs/wiki.py:smoke"
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = os.path.basename(PACKAGE_DIR)
+
+
+def resolve(spec: str) -> str:
+  """`path[:preset]` with `path` made one that exists, if it can be; else `spec` unchanged.
+
+  A path that exists (relative to the current folder, or absolute) is kept, so a checkout's or
+  a user's own config wins; a relative one that does not is tried inside the package:
+  `configs/wiki.py` and `ban_jax/configs/wiki.py` both give the installed
+  `<package>/configs/wiki.py`.
+  """
+  path, colon, preset = spec.partition(":")
+  if os.path.isfile(path) or os.path.isabs(path):
+    return spec
+  parts = os.path.normpath(path).split(os.sep)
+  if parts[0] == PACKAGE:
+    parts = parts[1:]
+  packaged = os.path.join(PACKAGE_DIR, *parts) if parts else ""
+  return packaged + colon + preset if os.path.isfile(packaged) else spec
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads `path[:preset]` the way ml_collections' config flag does: `get_config(*rest)`."""
-  path, *args = spec.split(":", 1)
+  path, *args = resolve(spec).split(":", 1)
   if not os.path.isfile(path):
-    raise UserError(f"--config={spec}: no such file {path!r} (relative to "
-                    f"{os.getcwd()}); run from the repository root and pass e.g. {EXAMPLE}.")
+    raise UserError(f"--config={spec}: no such file {path!r} (relative to {os.getcwd()}, nor "
+                    f"in the installed package {PACKAGE_DIR}); pass e.g. {EXAMPLE}.")
   module_spec = importlib.util.spec_from_file_location("_ban_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
   try:

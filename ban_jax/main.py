@@ -1,7 +1,9 @@
 r"""Trains a language model: `python -m ban_jax.main --config=configs/wiki.py`.
 
 Append `:PRESET` to the config file to choose a preset (`configs/wiki.py:smoke`), and override any
-field on the command line, e.g. `--config.train.steps=2000`. The run goes to `--workdir`, by
+field on the command line, e.g. `--config.train.steps=2000`. A relative config path that the
+current folder lacks is looked up in the installed package (`ban_jax/configs/`), so the same
+command runs from any folder once the wheel is installed. The run goes to `--workdir`, by
 default `runs/<preset>`; rerunning with the same workdir resumes from its newest checkpoint.
 """
 
@@ -18,7 +20,10 @@ from ban_jax import config_file
 from ban_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file and preset, e.g. configs/wiki.py:smoke.", lock_config=True)
+    "config", None,
+    "Config file and preset, e.g. configs/wiki.py:smoke. A relative path not found under the "
+    "current folder is looked up in the installed ban_jax package (configs/wiki.py or "
+    "ban_jax/configs/wiki.py), so it works from any folder.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Folder for checkpoints, metrics and plots (default: runs/<preset>).")
 flags.mark_flags_as_required(["config"])
@@ -29,19 +34,22 @@ def _fail(message: str):
   sys.exit(2)
 
 
-def _config_spec(argv) -> str | None:
+def _resolve_config(argv) -> tuple[list[str], str | None]:
+  """argv with --config's path found (config_file.resolve), and that flag's value, if given."""
+  argv, spec = list(argv), None
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+      spec = config_file.resolve(arg.split("=", 1)[1])
+      argv[i] = f"--config={spec}"
+    elif arg == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1] = config_file.resolve(argv[i + 1])
+  return argv, spec
 
 
 def _parse_flags(argv):
   """absl's parser, after checking the config file and its overrides ourselves."""
   try:
-    spec = _config_spec(argv)
+    argv, spec = _resolve_config(argv)
     if spec is not None:
       config_file.check_overrides(config_file.load(spec), argv)
   except UserError as e:

@@ -36,8 +36,22 @@ def test_bad_flags_give_one_error_line(tmp_path, args, match):
   assert not workdir.exists()
 
 
+def test_the_config_path_resolves_in_the_package_from_any_folder(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "ban_jax.main", "--config=configs/wiki.py:smok"],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr[-2000:]
+  packaged = os.path.join(REPO, "ban_jax", "configs", "wiki.py")
+  # The packaged file was found and run: its own check rejected the preset.
+  assert f"error: --config={packaged}:smok: " in out.stderr
+  assert "unknown preset 'smok'" in out.stderr
+
+
 def test_the_command_as_typed_runs_without_a_workdir(tmp_path, tfds_dir, cache_dir):
-  """`python -m ban_jax.main --config=configs/wiki.py` (the full system), shrunk to 3 steps."""
+  """`python -m ban_jax.main --config=configs/wiki.py` (the full system), shrunk to 3 steps.
+
+  Typed in a folder outside the repository: the relative path resolves to the packaged config.
+  """
   small = {"train.steps": 3, "train.batch_size": 4, "train.log_every": 1,
            "optimizer.warmup_steps": 1, "eval.every_steps": 3, "eval.batch_size": 4,
            "eval.max_batches": 1, "eval.heldout_path": "", "eval.sample_length": 4,
@@ -46,7 +60,7 @@ def test_the_command_as_typed_runs_without_a_workdir(tmp_path, tfds_dir, cache_d
            "model.num_heads": 2, "model.num_kv_heads": 1, "model.head_dim": 8,
            "model.num_branches": 2, "model.attractor_steps": 2, "model.dtype": "float32",
            "wells.warmup_steps": 1}
-  args = [f"--config={os.path.join(REPO, 'configs', 'wiki.py')}"]
+  args = ["--config=configs/wiki.py"]
   args += [f"--config.{k}={v}" for k, v in small.items()]
   out = subprocess.run([sys.executable, "-m", "ban_jax.main", *args], cwd=tmp_path,
                        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))

@@ -26,8 +26,8 @@ from ban_jax.training.state import TrainState
 def heldout_path(configured: str) -> str | None:
   """The held-out text file that eval.heldout_path names, or None for no held-out evaluation.
 
-  The config decides where the file is (configs/wiki.py looks beside the checkout); the library
-  only opens what it is given.
+  The config decides where the file is (ban_jax/configs/wiki.py looks beside the checkout);
+  the library only opens what it is given.
   """
   if not configured:
     return None
