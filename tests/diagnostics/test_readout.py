@@ -1,4 +1,6 @@
-"""Tests for ban_jax/diagnostics/readout.py on a small full-system BAN (untrained weights)."""
+"""Tests for ban_jax/diagnostics/readout.py on a small transformer with the full system's
+attention (inverse-square score, power-law field, tagging), untrained weights; the BAN's own
+path runs in tests/test_diagnose.py."""
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +17,9 @@ from ban_jax.ops import kv_cache
 @pytest.fixture(scope="module")
 def lm():
   from configs import wiki  # pylint: disable=g-import-not-at-top
-  c = wiki.get_config("default").model
-  c.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=16, num_branches=2,
-           attractor_steps=2, dtype="float32")
+  c = wiki.get_config("tiny").model
+  c.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=16, mlp_dim=64,
+           attention="inverse_square", positional="power_law", tagging=True, dtype="float32")
   model = models.get_model(c, 40)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
   return model, params
