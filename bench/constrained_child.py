@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ban_jax.runtime import cache as cache_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ban_jax.runtime import model as model_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ban_jax.runtime import cache as cache_lib  # pylint: disable=wrong-import-position
+from ban_jax.runtime import model as model_lib  # pylint: disable=wrong-import-position
 
 
 def memory() -> dict[str, int]:
