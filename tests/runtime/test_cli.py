@@ -14,7 +14,7 @@ import pytest
 
 from ban_jax.runtime import __main__ as cli
 from ban_jax.runtime import banx
-from tests.runtime.conftest import REPO, TRAINED
+from tests.runtime.exports import REPO, TRAINED
 
 RUNTIME = os.path.join(REPO, "ban_jax", "runtime")
 # Runs a module with jax, jaxlib and flax made unimportable (argv: module, its arguments).
@@ -79,7 +79,7 @@ def test_export_then_run_on_a_device_without_jax(tmp_path):
 def model_file(tmp_path_factory):
   """A small float32 export (no JAX needed to read it)."""
   from ban_jax.inference import trained  # pylint: disable=g-import-not-at-top
-  from tests.runtime.conftest import write_banx  # pylint: disable=g-import-not-at-top
+  from tests.runtime.exports import write_banx  # pylint: disable=g-import-not-at-top
   run = trained.load(TRAINED["transformer"])
   return write_banx(tmp_path_factory.mktemp("cli") / "t.banx", run.config, run.model,
                     run.params)

@@ -9,7 +9,7 @@ from ban_jax.ops import kv_cache as kv_ops
 from ban_jax.runtime import cache as rt_cache
 from ban_jax.runtime import model as rt_model
 from ban_jax import models
-from tests.runtime.conftest import TRAINED, decode_both, random_params, small_config, write_banx
+from tests.runtime.exports import TRAINED, decode_both, random_params, small_config, write_banx
 
 STEPS = 24   # greedy steps after a 20-token prompt: 44 positions through 12-16 slots
 

@@ -7,7 +7,7 @@ from ban_jax.inference import trained
 from ban_jax.runtime import cache as rt_cache
 from ban_jax.runtime import model as rt_model
 from ban_jax.runtime import quantize
-from tests.runtime.conftest import TRAINED, write_banx
+from tests.runtime.exports import TRAINED, write_banx
 
 
 @pytest.mark.parametrize("shape,contracted,group,scale_shape", [
