@@ -41,7 +41,8 @@ def choose(logits, rng: np.random.Generator, *, temperature: float, top_k: int =
   if temperature <= 0:
     return int(np.argmax(logits))
   z = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-  p = np.exp(z - np.max(z))
+  # float64: Generator.choice checks that p sums to 1 more tightly than float32 rounds.
+  p = np.exp(z.astype(np.float64) - np.max(z))
   return int(rng.choice(z.shape[0], p=p / p.sum()))
 
 
