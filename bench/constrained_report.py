@@ -113,14 +113,15 @@ def lines(results) -> list[str]:
             "resident (file-backed). A kernel could evict them, but then each token would read "
             "them from storage again. The KV cache, the other per-token state, is the same as "
             "the transformer's. The paper's claim that only the focus branch lives in RAM does "
-            "not hold for this architecture (docs/design.md, branch offload)."]
+            "not hold for this architecture (docs/design.md §8)."]
   gate = results.get("gate")
   if gate:
     out += ["", "**Could a token skip the peripheral kernels?** The focus needs only the salience "
             "x·(W_n v) + c_n·v + bias_n (an [N, D] matrix, precomputable) and its own kernel; the "
             "peripheral message is bounded by ‖U‖₂ Σ_{n≠f} π_n min(√d, ‖W_n‖₂‖x‖ + ‖c_n‖), and "
             "where that bound is below threshold·‖h‖ the gate is closed whatever the peripheral "
-            "branches hold. On the trained full system's validation windows:", "",
+            f"branches hold. On {gate[0].get('windows', '?')} of the trained full system's "
+            "validation windows (whole batches spread over the split):", "",
             "| layer | positions | gate open | provably closed without reading the periphery |",
             "|---|---|---|---|"]
     for i, g in enumerate(gate):
