@@ -1,6 +1,7 @@
 r"""Hardware is not an assumption: the NumPy runtime's file sizes, memory and speed on one core.
 
-    nice python bench/constrained.py            # ~10 min on one core
+    nice python bench/constrained.py            # ~35 min on a shared 2-core machine
+    python bench/constrained.py --parts=speed,offload   # the timings alone, ~5 min
     python bench/constrained.py --report_only   # the plot and the results section again
 
 Three parts, one JSON (`bench/results/constrained.json`), one PNG, one docs/results.md section:
