@@ -113,7 +113,7 @@ def lines(results) -> list[str]:
             "resident (file-backed). A kernel could evict them, but then each token would read "
             "them from storage again. The KV cache, the other per-token state, is the same as "
             "the transformer's. The paper's claim that only the focus branch lives in RAM does "
-            "not hold for this architecture (docs/design.md §8)."]
+            "not hold for this architecture (docs/design.md §9)."]
   gate = results.get("gate")
   if gate:
     out += ["", "**Could a token skip the peripheral kernels?** The focus needs only the salience "
