@@ -7,8 +7,8 @@ Loads the run's newest checkpoint and writes to `--out` (replacing it, written w
 report.json (check1, check2, check3, field, and field_over_training when the run kept several
 checkpoints), report.md (each prediction of the paper as a row: held / did not hold /
 inconclusive) and the PNGs. Queries are windows of `--queries` (default: the held-out text,
-wikitext2_valid.txt in $BAN_JAX_HELDOUT_DIR or ../shared/data beside the checkout); the cloze
-check reads the run's validation split. See ban_jax/diagnostics/ for the definitions.
+wikitext2_valid.txt in $BAN_JAX_HELDOUT_DIR or ../shared/data beside the checkout, else the
+run's validation split); the cloze check reads the validation split. See ban_jax/diagnostics/ for the definitions.
 """
 
 import os
@@ -31,19 +31,6 @@ _SWEEP = flags.DEFINE_integer("sweep_length", 256, "Check 3: tokens generated pe
 _ITERATIONS = flags.DEFINE_integer("curvature_iterations", 20,
                                    "Power iterations for the Hessian's top eigenvalue.")
 
-HELDOUT_FILE = "wikitext2_valid.txt"
-
-
-def default_queries() -> str | None:
-  """The held-out text: $BAN_JAX_HELDOUT_DIR, else ../shared/data beside the checkout."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for folder in (os.environ.get("BAN_JAX_HELDOUT_DIR"),
-                 os.path.join(os.path.dirname(repo), "shared", "data")):
-    if folder and os.path.isfile(os.path.join(folder, HELDOUT_FILE)):
-      return os.path.join(folder, HELDOUT_FILE)
-  return None
-
-
 def run():
   """Everything after flag parsing; raises UserError for bad input."""
   if not _WORKDIR.value or not _OUT.value:
@@ -55,17 +42,18 @@ def run():
           or os.path.isfile(os.path.join(_WORKDIR.value, "params.msgpack"))):
     raise UserError(f"--workdir={_WORKDIR.value} has no checkpoint (no checkpoints/ folder, "
                     "no params.msgpack); train it first with python -m ban_jax.main.")
-  queries = _QUERIES.value or default_queries()
-  if queries is None:
-    raise UserError(f"no --queries file given and no {HELDOUT_FILE} found in "
-                    "$BAN_JAX_HELDOUT_DIR or ../shared/data; pass --queries=FILE (any "
-                    "UTF-8 text).")
+  if _QUERIES.value and not os.path.isfile(_QUERIES.value):
+    raise UserError(f"--queries={_QUERIES.value} cannot be read: no such file.")
   for name, flag in (("pool", _POOL), ("cloze_items", _CLOZE), ("sweep_length", _SWEEP),
                      ("curvature_iterations", _ITERATIONS)):
     if flag.value < 1:
       raise UserError(f"--{name}={flag.value} must be at least 1.")
   # Imported here so that flag errors answer without loading JAX.
   from ban_jax.diagnostics import report  # pylint: disable=g-import-not-at-top
+  queries = _QUERIES.value or report.default_queries()
+  if queries is None:
+    print(f"no --queries and no {report.HELDOUT_FILE} in $BAN_JAX_HELDOUT_DIR or "
+          "../shared/data: queries come from the run's validation split", file=sys.stderr)
   settings = report.Settings(pool=_POOL.value, cloze_items=_CLOZE.value,
                              sweep_length=_SWEEP.value,
                              curvature_iterations=_ITERATIONS.value, seed=_SEED.value)

@@ -11,6 +11,9 @@ from tests.conftest import PRESET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "launch", "colab_tpu.ipynb")
+# The diagnostics cell at its smallest: the cell runs, the numbers mean little.
+DIAGNOSE = dict(pool=8, cloze_items=8, sweep_prompts=2, sweep_length=8, field_windows=2,
+                curvature_iterations=1)
 
 
 def _repo_url():
@@ -47,7 +50,7 @@ def test_notebook_runs_on_cpu_with_a_tiny_preset(tfds_dir, cache_dir, tmp_path):
                "eval.heldout_path": "", "optimizer.warmup_steps": 0,
                "eval.sample_length": 16}
   params.source = (f"PRESET = {PRESET!r}\nSTEPS = 3\nWORKDIR = {str(tmp_path / 'run')!r}\n"
-                   f"OVERRIDES = {overrides!r}")
+                   f"OVERRIDES = {overrides!r}\nDIAGNOSE = {DIAGNOSE!r}")
   client = NotebookClient(nb, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": REPO}})
   client.execute()      # raises CellExecutionError, with the cell and traceback, if one fails
@@ -58,3 +61,7 @@ def test_notebook_runs_on_cpu_with_a_tiny_preset(tfds_dir, cache_dir, tmp_path):
   assert re.search(r"nats per token: \d", text)
   assert "The history of " in text
   assert os.path.exists(tmp_path / "run" / "loss_curve.png")
+  shown = "\n".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells
+                    if c.cell_type == "code" for o in c.outputs)
+  assert "| prediction | verdict | measured |" in shown
+  assert os.path.exists(tmp_path / "run" / "diagnostics" / "report.json")

@@ -79,15 +79,32 @@ def _validation_texts(run) -> list[str]:
           for i in range(len(v))]
 
 
-def _read_queries(path: str, tokenizer, count: int, length: int, seed: int) -> np.ndarray:
-  """`count` windows of `length` tokens from random places in the text file at `path`."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      tokens = tokenizer.encode(f.read())
-  except (OSError, UnicodeDecodeError) as e:
-    raise UserError(f"--queries={path} cannot be read as UTF-8 text ({e}).") from e
+HELDOUT_FILE = "wikitext2_valid.txt"
+
+
+def default_queries() -> str | None:
+  """The held-out text, from $BAN_JAX_HELDOUT_DIR or ../shared/data beside the checkout."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  for folder in (os.environ.get("BAN_JAX_HELDOUT_DIR"),
+                 os.path.join(os.path.dirname(repo), "shared", "data")):
+    if folder and os.path.isfile(os.path.join(folder, HELDOUT_FILE)):
+      return os.path.join(folder, HELDOUT_FILE)
+  return None
+
+
+def _read_queries(source, tokenizer, count: int, length: int, seed: int) -> np.ndarray:
+  """`count` windows of `length` tokens from random places in `source`: the path of a text
+  file, or a list of texts (joined by newlines)."""
+  if isinstance(source, str):
+    try:
+      with open(source, encoding="utf-8") as f:
+        tokens = tokenizer.encode(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+      raise UserError(f"--queries={source} cannot be read as UTF-8 text ({e}).") from e
+  else:
+    tokens = tokenizer.encode("\n".join(source))
   if len(tokens) < 4 * length:
-    raise UserError(f"--queries={path} holds {len(tokens)} tokens; it needs at least "
+    raise UserError(f"the query text holds {len(tokens)} tokens; it needs at least "
                     f"{4 * length} to draw queries of {length}.")
   starts = np.random.default_rng(seed).integers(0, len(tokens) - length, count)
   return np.stack([tokens[s:s + length] for s in starts]).astype(np.int32)
@@ -114,8 +131,13 @@ def _field(run, windows, settings):
                             seed=settings.seed)
 
 
-def diagnose(workdir: str, out: str, queries_path: str, settings: Settings = Settings()):
-  """Every check on the newest checkpoint of `workdir`; writes `out/` (replacing it)."""
+def diagnose(workdir: str, out: str, queries_path: str | None,
+             settings: Settings = Settings()):
+  """Every check on the newest checkpoint of `workdir`; writes `out/` (replacing it).
+
+  Queries are drawn from the text file `queries_path`, or from the run's validation split when
+  it is None (the cloze items come from the validation split either way).
+  """
   run = trained.load(workdir)
   if run.tokenizer.name != "bytes":
     raise UserError(f"{workdir} uses the {run.tokenizer.name!r} tokenizer; the diagnostics "
@@ -125,19 +147,22 @@ def diagnose(workdir: str, out: str, queries_path: str, settings: Settings = Set
   s = settings
   progress("training statistics and queries")
   train_distribution = _train_distribution(run)
-  queries = _read_queries(queries_path, run.tokenizer, s.pool, s.query_bytes, s.seed)
+  validation = _validation_texts(run)
+  source = queries_path or validation
+  queries = _read_queries(source, run.tokenizer, s.pool, s.query_bytes, s.seed)
   report = {"workdir": os.path.abspath(workdir), "step": run.step,
             "model": run.config.model.to_dict(), "settings": dataclasses.asdict(s),
-            "queries": os.path.abspath(queries_path)}
+            "queries": os.path.abspath(queries_path) if queries_path else "the validation split"}
   progress("check 1: potential landscapes")
   measures = readout.query_measures(run.model, run.params, queries, train_distribution)
   report["check1"] = checks.landscape_check(
       measures, np.asarray(run.params["embed"]["embedding"]), seed=s.seed)
   progress("check 2: factual cloze (generation at T = 0.5 and 1.0, curvature)")
-  items = cloze.find_items(_validation_texts(run), s.query_bytes, limit=s.cloze_items,
+  items = cloze.find_items(validation, s.query_bytes, limit=s.cloze_items,
                            seed=s.seed)
-  if len(items) < 20:
-    raise UserError(f"the validation split gave {len(items)} cloze items; it needs 20 or more.")
+  if len(items) < min(20, s.cloze_items):
+    raise UserError(f"the validation split gave {len(items)} cloze items; the check needs "
+                    f"{min(20, s.cloze_items)} or more (a longer validation split).")
   report["check2"] = checks.cloze_check(run.model, run.params, run.tokenizer, items,
                                         train_distribution, iterations=s.curvature_iterations,
                                         seed=s.seed)
@@ -148,7 +173,7 @@ def diagnose(workdir: str, out: str, queries_path: str, settings: Settings = Set
       length=s.sweep_length, seed=s.seed)
   progress("the attention field")
   length = int(run.config.data.seq_len)
-  windows = _read_queries(queries_path, run.tokenizer, s.field_windows, length, s.seed + 1)
+  windows = _read_queries(source, run.tokenizer, s.field_windows, length, s.seed + 1)
   report["field"] = _field(run, windows, s)
   training = []
   for step in steps[:-1]:
