@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ban_jax import errors
 from ban_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's folder.")
@@ -65,15 +66,10 @@ def run():
 
 def main(argv):
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # orbax logs every restore at INFO; the progress lines are what this command shows.
   logging.set_verbosity(logging.WARNING)
-  try:
-    run()
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  errors.run_reporting(run)
 
 
 if __name__ == "__main__":

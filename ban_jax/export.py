@@ -12,11 +12,11 @@ case. Activations are float32 in the runtime whatever the run's `model.dtype` wa
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
+from ban_jax import errors
 from ban_jax.errors import UserError
 from ban_jax.inference import banx_export
 from ban_jax.runtime import quantize
@@ -64,11 +64,7 @@ def run_cli() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    run_cli()
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  errors.run_reporting(run_cli)
 
 
 if __name__ == "__main__":

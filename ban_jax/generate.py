@@ -18,6 +18,7 @@ import sys
 from absl import app
 from absl import flags
 
+from ban_jax import errors
 from ban_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's folder (runs/<preset>).")
@@ -36,11 +37,6 @@ _RECENT = flags.DEFINE_integer("kv_recent", -1, "h2o/gravity: newest tokens alwa
                                "(-1: half the budget).")
 _TERMS = flags.DEFINE_list("kv_terms", ["tag", "surprisal", "attention"],
                            "gravity: the terms of a token's mass.")
-
-
-def _fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
 
 
 def _prompt() -> str:
@@ -114,10 +110,7 @@ def run() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    run()
-  except UserError as e:
-    _fail(str(e))
+  errors.run_reporting(run)
 
 
 if __name__ == "__main__":
