@@ -46,6 +46,8 @@ RUNS = {
 }
 KEEP = 8   # checkpoints kept per run: the field's exponent is followed through these
 KINDS = ("power_law", "rope", "alibi", "none")
+FIGURES = ("check1_landscape_pca", "check1_wells_vs_mass", "check2_errors_vs_mass",
+           "check3_temperature", "field", "field_over_training")
 SUMMARY = os.path.join(cli_runs.REPO, "bench", "results", "diagnostics.json")
 EXTRAPOLATION = os.path.join(cli_runs.REPO, "bench", "results", "extrapolation")
 
@@ -118,7 +120,12 @@ def report():
       "",
   ]
   names = [n for n in RUNS if n in reports]
+  for n in names:
+    verdicts = [v for _, v, _ in report_md.prediction_rows(reports[n])]
+    lines.append(f"- {n}: " + ", ".join(f"{verdicts.count(v)} {v}" for v in
+                                        ("held", "did not hold", "inconclusive")) + ".")
   if names:
+    lines.append("")
     rows = [report_md.prediction_rows(reports[n]) for n in names]
     lines += ["| prediction | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
@@ -158,7 +165,13 @@ def report():
   summary["field"] = {n: {"mean_p": r["field"]["mean_p"],
                           "heads_whose_ci_holds_2": r["field"]["heads_whose_ci_holds_2"]}
                       for n, r in reports.items()}
-  lines += ["", "Figures: `bench/results/diagnostics/<run>/*.png`."]
+  lines += ["", "Figures: `bench/results/diagnostics/<run>/*.png`; the default system's (seed 0) "
+            "and the transformer's:", ""]
+  for name in ("default_s0", "transformer_s0"):
+    if name in reports:
+      lines.append(" ".join(f"![{name} {figure}](../bench/results/diagnostics/{name}/{figure}.png)"
+                            for figure in FIGURES))
+      lines.append("")
   cli_runs.write_results_section("diagnostics", "\n".join(lines))
   tmp = SUMMARY + ".tmp"
   with open(tmp, "w") as f:
