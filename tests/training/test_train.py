@@ -60,7 +60,9 @@ def test_run_writes_everything_and_learns(tiny_config, tmp_path):
   assert all("perf/tokens_per_sec" in r for r in records if "train/loss" in r)
 
 
-@pytest.mark.parametrize("wells_mode", ["off", "wells"])
+# "wells" resumes everything "off" does plus the selection state; "off" runs with the slow
+# tests to keep the default suite near 15 minutes on 2 cores.
+@pytest.mark.parametrize("wells_mode", [pytest.param("off", marks=pytest.mark.slow), "wells"])
 def test_kill_and_resume_reproduces_the_uninterrupted_run_bitwise(tiny_config, tmp_path,
                                                                   wells_mode):
   # With wells on, the wells, the loss EMA and the two pending well draws must all come back.
