@@ -19,6 +19,7 @@ import sys
 import time
 
 from absl import app
+import numpy as np
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +160,7 @@ def report():
                  f"| {f['heads_whose_ci_holds_2']} / {f['heads']} | {learned or '—'} |")
   for name, r in reports.items():
     if "field_over_training" in r:
-      steps = ", ".join(f"{row['step']}: {sum(row['mean_p_per_layer']) / 2:.2f}"
+      steps = ", ".join(f"{row['step']}: {np.nanmean(row['mean_p_per_layer']):.2f}"
                         for row in r["field_over_training"])
       lines += ["", f"Over training ({name}, mean p over heads and layers by step): {steps}."]
   summary["field"] = {n: {"mean_p": r["field"]["mean_p"],

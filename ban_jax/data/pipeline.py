@@ -30,7 +30,8 @@ class Split:
   num_documents: int
 
 
-def _text(example, text_key):
+def example_text(example, text_key):
+  """An example's text field (str or bytes); a missing field is one UserError naming it."""
   try:
     return example[text_key]
   except KeyError as e:
@@ -48,7 +49,7 @@ def _scan(source, chunk: int = 1024):
 
 def _tokenized(source, tokenizer, text_key):
   return grain.MapDataset.source(source).map(
-      lambda example: packing.frame(tokenizer.encode(_text(example, text_key)),
+      lambda example: packing.frame(tokenizer.encode(example_text(example, text_key)),
                                     tokenizer.bos_id, tokenizer.eos_id))
 
 
@@ -58,14 +59,14 @@ def open_split(source, name: str, tokenizer, cfg: ml_collections.ConfigDict) -> 
   if len(docs) == 0:
     raise UserError(f"split of {name} has no documents; check data.train_split/validation_split.")
   # The key names the content, not just the dataset: a rebuilt dataset must not reuse lengths.
-  probe = [_text(source[i], cfg.text_key)
+  probe = [example_text(source[i], cfg.text_key)
            for i in sorted({0, len(source) // 2, len(source) - 1})]
   digest = hashlib.sha1(b"\0".join(probe)).hexdigest()
   key = f"{name}|{source}|{len(source)}|{tokenizer.name}|{digest}"
   cache_dir = cfg.cache_dir or sources.default_cache_dir()
   if tokenizer.name == "bytes":
     # The byte count is the token count: skip tokenizing.
-    lengths_fn = lambda: [len(_text(ex, cfg.text_key)) + 2 for ex in _scan(source)]
+    lengths_fn = lambda: [len(example_text(ex, cfg.text_key)) + 2 for ex in _scan(source)]
     lengths = packing.document_lengths(lengths_fn, key, cache_dir)
   else:
     lengths = packing.document_lengths(docs, key, cache_dir)

@@ -15,9 +15,10 @@ import numpy as np
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
 KINDS = ("name", "number", "date")
-# A word the answer is read from: digits with inner separators, or letters (with inner
-# apostrophes and hyphens).
-_WORD = re.compile(r"\d+(?:[.,]\d+)*|[A-Za-z]+(?:['-][A-Za-z]+)*")
+# A word the answer is read from: digits with inner separators, or ASCII letters (with inner
+# apostrophes and hyphens), ending where the word ends (not before "s" in "1990s", nor before
+# "ř" in "Dvořák": such words are no candidates rather than cut ones).
+_WORD = re.compile(r"(?:\d+(?:[.,]\d+)*|[A-Za-z]+(?:['-][A-Za-z]+)*)(?![^\W_])")
 _SENTENCE_END = re.compile(r"[.!?:;\"'(\[\n]\s*$")
 # Capitalised words that open clauses rather than name things.
 _NOT_NAMES = frozenset(

@@ -53,14 +53,16 @@ def context_depth(weights, fraction: float = DEPTH_FRACTION):
     fraction: the share of the attention that the span must hold, in (0, 1].
 
   Returns:
-    (D float scalar, per-layer-and-head spans int [layers, heads]).
+    (D float scalar, per-layer-and-head spans float [layers, heads]); a row whose weights
+    never reach `fraction` (padding, non-finite) has span nan and is left out of D.
   """
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"fraction={fraction} must be in (0, 1].")
   by_distance = jnp.flip(jnp.asarray(weights), axis=-1)   # index = distance
   reached = jnp.cumsum(by_distance, axis=-1) >= fraction - 1e-6
-  spans = jnp.argmax(reached, axis=-1)
-  return jnp.mean(spans.astype(jnp.float32)), spans
+  spans = jnp.where(reached.any(-1), jnp.argmax(reached, axis=-1).astype(jnp.float32),
+                    jnp.nan)
+  return jnp.nanmean(spans), spans
 
 
 def unigram_distribution(counts):

@@ -20,7 +20,7 @@ from ban_jax.layers.attention import WEIGHTS_COLLECTION
 from ban_jax.ops import kv_cache as kv_ops
 
 
-def _layer_order(path):
+def layer_order(path):
   """Sort key of a flattened variable path: numbers inside names compare as numbers."""
   return tuple(int(p.rsplit("_", 1)[1]) if p.rsplit("_", 1)[-1].isdigit() else p for p in path)
 
@@ -35,7 +35,7 @@ def make_forward(model):
     if not flat:
       raise ValueError("the model sowed no attention weights: its attention layers are not "
                        "ban_jax.layers.attention.SelfAttention.")
-    weights = [flat[k][0] for k in sorted(flat, key=_layer_order)]
+    weights = [flat[k][0] for k in sorted(flat, key=layer_order)]
     return logits, jnp.stack(weights)
   return jax.jit(forward)
 

@@ -15,6 +15,7 @@ import flax
 import jax
 import numpy as np
 
+from ban_jax.data import pipeline
 from ban_jax.data import sources
 from ban_jax.diagnostics import checks
 from ban_jax.diagnostics import cloze
@@ -65,7 +66,7 @@ def _train_distribution(run) -> np.ndarray:
   splits, _ = sources.open_splits(run.config.data)
   counts = np.zeros(run.tokenizer.vocab_size, np.int64)
   for i in range(len(splits["train"])):
-    text = splits["train"][i]["text"]
+    text = pipeline.example_text(splits["train"][i], run.config.data.text_key)
     counts += np.bincount(run.tokenizer.encode(text), minlength=counts.size)
   counts[run.tokenizer.bos_id] += len(splits["train"])
   counts[run.tokenizer.eos_id] += len(splits["train"])
@@ -75,8 +76,8 @@ def _train_distribution(run) -> np.ndarray:
 def _validation_texts(run) -> list[str]:
   splits, _ = sources.open_splits(run.config.data)
   v = splits["validation"]
-  return [v[i]["text"].decode("utf-8") if isinstance(v[i]["text"], bytes) else v[i]["text"]
-          for i in range(len(v))]
+  texts = (pipeline.example_text(v[i], run.config.data.text_key) for i in range(len(v)))
+  return [t.decode("utf-8") if isinstance(t, bytes) else t for t in texts]
 
 
 HELDOUT_FILE = "wikitext2_valid.txt"
@@ -113,10 +114,19 @@ def _read_queries(source, tokenizer, count: int, length: int, seed: int) -> np.n
 def _learned_power(params):
   """The power-law field's exponents softplus(power) per layer, [layers, heads], or None."""
   flat = flax.traverse_util.flatten_dict(params)
-  found = sorted((k, v) for k, v in flat.items() if k[-2:] == ("power_law", "power"))
+  found = sorted(((k, v) for k, v in flat.items() if k[-2:] == ("power_law", "power")),
+                 key=lambda kv: readout.layer_order(kv[0]))
   if not found:
     return None
   return np.stack([np.asarray(jax.nn.softplus(v)) for _, v in found])
+
+
+def _output_embeddings(params):
+  """The rows that make the logits, [vocab, width]: the tied embedding table, or the untied
+  output layer's kernel transposed."""
+  if "logits" in params and "kernel" in params["logits"]:
+    return np.asarray(params["logits"]["kernel"]).T
+  return np.asarray(params["embed"]["embedding"])
 
 
 def _strip_plots(tree):
@@ -156,7 +166,7 @@ def diagnose(workdir: str, out: str, queries_path: str | None,
   progress("check 1: potential landscapes")
   measures = readout.query_measures(run.model, run.params, queries, train_distribution)
   report["check1"] = checks.landscape_check(
-      measures, np.asarray(run.params["embed"]["embedding"]), seed=s.seed)
+      measures, _output_embeddings(run.params), seed=s.seed)
   progress("check 2: factual cloze (generation at T = 0.5 and 1.0, curvature)")
   items = cloze.find_items(validation, s.query_bytes, limit=s.cloze_items,
                            seed=s.seed)

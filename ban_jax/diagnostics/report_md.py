@@ -61,11 +61,18 @@ def prediction_rows(report: dict) -> list[tuple[str, str, str]]:
                "held" if c3["entropy_share_of_ceiling_at_max_T"] > 0.95 else "did not hold",
                f"{c3['entropy_share_of_ceiling_at_max_T']:.1%} of the ceiling "
                f"log min(|V|, tokens) at T = {c3['rows'][-1]['temperature']:g}"))
+  knee = c3["knee_temperature"]
+  repetition = [r["repetition"] for r in c3["rows"]]
   rows.append(("3. a knee between capture and thermal motion",
-               "held" if c3["knee_temperature"] == c3["knee_temperature"] else "did not hold",
-               f"repetition halfway at T ≈ {c3['knee_temperature']:.2f}"))
+               "held" if knee == knee else "did not hold",
+               f"8-gram repetition {repetition[0]:.2f} at T = {c3['rows'][0]['temperature']:g} "
+               f"→ {repetition[-1]:.2f} at T = {c3['rows'][-1]['temperature']:g}; " +
+               (f"halfway at T ≈ {knee:.2f}" if knee == knee else
+                "it does not fall by 0.1: no knee")))
   f = report["field"]
+  fitted = f["mean_p"] == f["mean_p"]
   rows.append(("field: attention weight falls as d^(−2) (inverse square)",
+               "inconclusive" if not fitted else
                "held" if f["heads_whose_ci_holds_2"] == f["heads"] else
                ("did not hold" if f["heads_whose_ci_holds_2"] == 0 else "inconclusive"),
                f"mean fitted p = {f['mean_p']:.2f}; {f['heads_whose_ci_holds_2']} of "

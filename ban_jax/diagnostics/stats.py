@@ -25,8 +25,11 @@ def rankdata(x):
 
 
 def spearman(x, y) -> float:
-  """Spearman's ρ: Pearson correlation of the ranks; nan if either is constant."""
-  rx, ry = rankdata(x), rankdata(y)
+  """Spearman's ρ: Pearson correlation of the ranks, over the pairs where both are finite;
+  nan if either is then constant."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  finite = np.isfinite(x) & np.isfinite(y)
+  rx, ry = rankdata(x[finite]), rankdata(y[finite])
   rx -= rx.mean()
   ry -= ry.mean()
   denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())

@@ -74,12 +74,18 @@ def line_lengths(samples, newline: int) -> dict:
           "censored": censored / len(lengths)}
 
 
-def knee(temperatures, values) -> float:
-  """The temperature where `values` (e.g. the repetition rate) crosses halfway between its
-  first and last value, interpolated linearly in log T; nan if it never does."""
+# The repetition rate must fall by at least this much from the lowest to the highest
+# temperature for a knee to exist (a flat or rising curve has none).
+MIN_FALL = 0.1
+
+
+def knee(temperatures, values, min_fall: float = MIN_FALL) -> float:
+  """The temperature where `values` (e.g. the repetition rate), falling from its first to its
+  last value by at least `min_fall`, crosses halfway between them, interpolated linearly in
+  log T; nan if it does not fall that much."""
   t = np.log(np.asarray(temperatures, np.float64))
   v = np.asarray(values, np.float64)
-  if v[0] == v[-1]:
+  if not v[0] - v[-1] >= min_fall:
     return float("nan")
   half = (v[0] + v[-1]) / 2
   for i in range(len(v) - 1):

@@ -20,6 +20,14 @@ def test_finds_names_numbers_and_dates_with_fixed_length_prefixes():
     assert TEXT.find(i.prefix + i.answer) >= 0
 
 
+def test_words_are_whole_or_not_candidates():
+  text = "The composer Antonín Dvořák wrote music in the 1990s and in 1879 at Prague."
+  got = [i.answer for i in cloze.find_items([text], 12, limit=100)]
+  assert "Prague" in got and "1879" in got
+  assert not {"Anton", "Dvo", "1990", "Antonín", "Dvořák"} & set(got)
+  assert cloze.first_word("1990s were") == "" and cloze.first_word("Paris.") == "Paris"
+
+
 def test_counts_planted_errors_exactly():
   answers = ["Paris", "1879", "3.5", "Anna"] * 5
   generated = [a + " was" for a in answers]

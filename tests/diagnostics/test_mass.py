@@ -17,6 +17,9 @@ def test_context_depth_on_planted_attention():
   d, spans = mass.context_depth(w)
   np.testing.assert_array_equal(spans, [[0, 5], [8, 8]])
   assert np.isclose(float(d), (0 + 5 + 8 + 8) / 4)
+  w[1, 1] = 0.0   # a row that never reaches 90% (padding): no span, left out of D
+  d, spans = mass.context_depth(w)
+  assert np.isnan(spans[1, 1]) and np.isclose(float(d), (0 + 5 + 8) / 3)
 
 
 def test_novelty_estimators_match_float64():

@@ -18,6 +18,8 @@ def test_ranks_and_spearman_match_definitions():
   ra, rb = stats.rankdata(a), stats.rankdata(b)
   assert abs(stats.spearman(a, b) - np.corrcoef(ra, rb)[0, 1]) < 1e-12
   assert np.isnan(stats.spearman(a, np.ones(50)))
+  # Non-finite pairs are left out, not ranked as the largest values.
+  assert stats.spearman([1, 2, np.nan, 4], [1, 2, 3, 4]) == 1.0
 
 
 def test_bootstrap_finds_a_planted_positive_and_a_planted_null():

@@ -20,3 +20,6 @@ def test_line_lengths_and_knee():
   assert got["mean"] == (2 + 4 + 0) / 3 and got["censored"] == 1 / 3
   assert np.isclose(sweep.knee([0.1, 1.0, 10.0], [1.0, 0.5, 0.0]), 1.0)
   assert np.isnan(sweep.knee([1, 2], [1.0, 1.0]))
+  # A flat or rising repetition curve has no knee, wherever its halfway point would be.
+  assert np.isnan(sweep.knee([0.1, 10], [0.30, 0.31]))
+  assert np.isnan(sweep.knee([0.1, 0.5, 1, 10], [0, 0, 0, 1e-6]))
