@@ -1,18 +1,13 @@
 """The checks' figures (PNG), drawn from what `ban_jax.diagnostics.checks` returns."""
 
-import os
+import matplotlib.pyplot as plt
+import numpy as np
 
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ban_jax.training import plots as run_plots
 
 
 def _save(fig, path: str):
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
+  run_plots.save_png(fig, path, dpi=110)
 
 
 def landscapes(check: dict, layout: str, path: str, tokenizer_decode=None):

@@ -7,9 +7,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def _atomic_save(fig, path: str):
+def save_png(fig, path: str, dpi: int = 120):
+  """Writes `fig` to `path` whole (through a temporary file) and closes it."""
   tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120, bbox_inches="tight")
+  fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
   plt.close(fig)
   os.replace(tmp, path)
 
@@ -39,7 +40,7 @@ def loss_curve(records: list[dict], path: str, *, steps_per_epoch: int | None = 
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  _atomic_save(fig, path)
+  save_png(fig, path)
 
 
 def well_strengths(steps: list[int], snapshots: list[dict[int, float]], path: str, *,
@@ -66,7 +67,7 @@ def well_strengths(steps: list[int], snapshots: list[dict[int, float]], path: st
     ax.legend(fontsize=6, ncol=2)
   ax2.set_ylabel("active wells")
   ax2.set_title("wells alive")
-  _atomic_save(fig, path)
+  save_png(fig, path)
 
 
 def focus_usage(records: list[dict], path: str) -> bool:
@@ -92,7 +93,7 @@ def focus_usage(records: list[dict], path: str) -> bool:
   ax.set(xlabel="branch", ylabel="layer", title="focus-branch usage (end of training)",
          xticks=range(branches), yticks=range(layers))
   fig.colorbar(im, ax=ax, fraction=0.05)
-  _atomic_save(fig, path)
+  save_png(fig, path)
   return True
 
 
@@ -118,5 +119,5 @@ def mass_heatmap(masses: dict, path: str) -> bool:
   ax.set(xlabel="head", ylabel="layer", title="gravity mass M_h per head",
          xticks=range(grid.shape[1]), yticks=range(grid.shape[0]))
   fig.colorbar(im, ax=ax, fraction=0.05)
-  _atomic_save(fig, path)
+  save_png(fig, path)
   return True
