@@ -39,7 +39,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 from ban_jax.ops import gravity as G  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ban_jax.ops.gravity import pallas as GP  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-KERNELS = ("gravity_fwd", "gravity_bwd_dkdv", "gravity_bwd_dq")
+KERNELS = ("gravity_fwd", "gravity_bwd_dkdv", "gravity_bwd_dq", "gravity_bwd_fused")
 _V1 = dict(block_q=128, block_k=64, num_warps=4, num_stages=3, block_q_dkv=64, block_k_dkv=128,
            block_q_dq=128, block_k_dq=64, bwd_num_warps=8, bwd_num_stages=2)
 # (name, Options overrides of the v1 tiles, the ones timed on the H100 in pallas_notes.md).
@@ -60,6 +60,17 @@ for _bq, _bk, _w, _s in [(32, 32, 4, 2), (16, 64, 4, 2), (32, 64, 4, 2), (64, 64
                        bwd_num_warps=_w, bwd_num_stages=_s)))
 CONFIGS.append(("bwd dkdv 32x64 dq 128x32 w8s2", dict(block_q_dkv=32, block_k_dkv=64,
                                                       block_q_dq=128, block_k_dq=32)))
+CONFIGS.append(("bwd dkdv 32x128 dq 128x64 w8s2 (H200 default)",
+                dict(block_q_dkv=32, block_k_dkv=128, block_q_dq=128, block_k_dq=64)))
+CONFIGS.append(("bwd dkdv 64x128 dq 128x64 w8s3", dict(bwd_num_stages=3)))
+CONFIGS.append(("bwd dkdv 64x128 dq 128x64 w4s2", dict(bwd_num_warps=4)))
+CONFIGS.append(("bwd dkdv 128x128 dq 128x64 w8s2", dict(block_q_dkv=128)))
+# The fused backward (one kernel, dQ by atomics) on the dK/dV kernel's tiles.
+for _bq, _bk, _w, _s in [(16, 64, 8, 2), (32, 64, 8, 2), (64, 64, 8, 2), (32, 128, 8, 2),
+                         (64, 128, 8, 2), (32, 32, 4, 2), (32, 64, 4, 2), (16, 128, 8, 2)]:
+  CONFIGS.append((f"fused bwd {_bq}x{_bk} w{_w}s{_s}",
+                  dict(fused_backward=True, block_q_dkv=_bq, block_k_dkv=_bk,
+                       bwd_num_warps=_w, bwd_num_stages=_s)))
 
 
 def capture_ttir(options, score, shape, dtype=jnp.bfloat16):
@@ -130,6 +141,7 @@ def compile_and_count(ttir, num_warps, num_stages, arch):
       stack_frame=grab(r"(\d+) bytes stack frame"),
       shared_bytes=int(kernel.metadata.shared),
       wgmma=len(re.findall(r"wgmma\.mma_async", ptx)),
+      atomics=len(re.findall(r"\b(?:red|atom)\.global", ptx)),
       mma_sync=len(re.findall(r"\bmma\.sync", ptx)),
       num_warps=num_warps, num_stages=num_stages)
 
@@ -172,7 +184,7 @@ def main():
     opt = base if overrides is None else base._replace(**{**_V1, **overrides})
     for score in args.scores.split(","):
       ttir = capture_ttir(opt, score, shape, dtype)
-      for kernel in KERNELS:
+      for kernel in [k for k in KERNELS if k in ttir]:
         warps = opt.num_warps if kernel == "gravity_fwd" else opt.bwd_num_warps
         stages = opt.num_stages if kernel == "gravity_fwd" else opt.bwd_num_stages
         try:
@@ -181,7 +193,8 @@ def main():
           counts = dict(error=f"{type(e).__name__}: {str(e)[:500]}")
         tiles = dict(gravity_fwd=(opt.block_q, opt.block_k),
                      gravity_bwd_dkdv=(opt.block_q_dkv, opt.block_k_dkv),
-                     gravity_bwd_dq=(opt.block_q_dq, opt.block_k_dq))[kernel]
+                     gravity_bwd_dq=(opt.block_q_dq, opt.block_k_dq),
+                     gravity_bwd_fused=(opt.block_q_dkv, opt.block_k_dkv))[kernel]
         row = dict(config=name, score=score, kernel=kernel, tiles=list(tiles), **counts)
         rec["results"].append(row)
         print(f"[{time.time() - t0:5.0f}s] {name} | {score} | {kernel}: " + (

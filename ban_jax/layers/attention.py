@@ -59,8 +59,9 @@ class AttentionConfig:
     mass_init: initial raw `gravity_mass_log` (M = softplus(raw)); "gravity" only, since the
       mass cancels in "inverse_square" and "dot" stays the plain baseline.
     eps: the softening ε of the distance, > 0.
-    implementation: "auto", "xla", "reference" or "pallas" for the gravity op. With "auto",
-      plain dot-product attention (no tagging, RoPE or no positions, not decoding) runs
+    implementation: "auto", "xla", "reference" or "pallas" for the gravity op ("auto": the
+      fused kernel on an NVIDIA GPU for bf16/f16 activations, else "xla"; see
+      `ban_jax.ops.gravity`). With "auto", plain dot-product attention (no tagging, RoPE or no positions, not decoding) runs
       `jax.nn.dot_product_attention` (cuDNN where available); there, padding rows (segment 0)
       get finite but meaningless outputs instead of zeros.
     block_size: query and key block of the "xla" implementation.

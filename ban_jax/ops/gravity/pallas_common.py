@@ -38,20 +38,27 @@ class Options(NamedTuple):
   """
   backend: str = "triton"          # "triton" | "mosaic_tpu"
   interpret: bool = False
-  # The bf16 / head_dim 128 defaults are the tiles that compile without register spills for
-  # sm_90 (bench/pallas_registers.py; the v1 tiles timed on the H100 spilled 1-4 KiB per
-  # thread in the forward and dK/dV kernels).
+  # The bf16 / head_dim <= 128 defaults are the fastest tiles timed on an H200 (23 backward
+  # and 11 forward variants, bench/results/attention_gpu_h200.json, pallas_notes.md). The
+  # backward's spill (static count, pallas_registers.json) yet run 2x faster than the
+  # spill-free 32x64 / 64x32 tiles chosen before any GPU timing.
   block_q: int = 128               # forward
   block_k: int = 64
-  block_q_dkv: int = 32            # backward, dK/dV kernel
-  block_k_dkv: int = 64
-  block_q_dq: int = 64             # backward, dQ kernel
-  block_k_dq: int = 32
+  block_q_dkv: int = 32            # backward, dK/dV kernel (and the fused backward)
+  block_k_dkv: int = 128
+  block_q_dq: int = 128            # backward, dQ kernel
+  block_k_dq: int = 64
   num_warps: int = 8               # Triton only
   num_stages: int = 3
   bwd_num_warps: int = 8
   bwd_num_stages: int = 2
   approx_recip: bool = True        # Triton: rcp.approx.ftz.f32 for 1/(d²+ε); TPU: exact
+  # Triton: one backward kernel (per key block, tiles block_q_dkv x block_k_dkv) that adds
+  # each query block's dQ into a float32 buffer with atomics, instead of a second kernel that
+  # recomputes the probabilities per query block. Summation order varies run to run. Off: on
+  # an H200 its best tiles ran fwd+bwd at 4k in 17.7 ms against the two kernels' 9.7 ms (the
+  # dQ atomics cost more than the recompute they save; pallas_notes.md).
+  fused_backward: bool = False
 
 
 def default_options(backend: Optional[str] = None, dtype=jnp.bfloat16, head_dim: int = 128,

@@ -152,8 +152,12 @@ def backward(st, params, side, qn, kn, hp, lse, delta, d_out):
   tkp, kv_heads, dvp = k.shape[1], k.shape[2], v.shape[3]
   group = st.group
   hp_rows = _hp_rows(hp)
+  fused = st.opt.fused_backward
+  want = pc.small_grads(st)
 
   # dK, dV (and the key-mass gradient) per key block; loops over the group's query heads.
+  # Fused: the same programs also add each query block's dQ into a float32 buffer (atomics)
+  # and keep the per-head parameter sums, so the probabilities are recomputed once.
   bq, bk = st.bq_dkv, st.bk_dkv
   nk = tkp // bk
   arrays, specs, names = [], [], []
@@ -179,20 +183,38 @@ def backward(st, params, side, qn, kn, hp, lse, delta, d_out):
   add("k_seg", side["k_seg"], pl.BlockSpec((None, bk), lambda j, b, c: (b, j)))
   add("k_pos", side["k_pos"], pl.BlockSpec((None, bk), lambda j, b, c: (b, j)))
   add("kt", params["key_term"], pl.BlockSpec((None, bk), lambda j, b, c: (b, j)))
+  dq_spec = pl.BlockSpec((None, tqp, group, dp), lambda j, b, c: (b, 0, c, 0))
+  aliases = {}
+  if fused:
+    # Zeros the kernel accumulates into: the output aliases this input.
+    aliases = {len(arrays): 2}
+    add("dq_init", jnp.zeros((batch, tqp, heads, dp), jnp.float32), dq_spec)
   out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
   out_specs = [pl.BlockSpec((None, bk, None, dp), lambda j, b, c: (b, j, c, 0)),
                pl.BlockSpec((None, bk, None, dvp), lambda j, b, c: (b, j, c, 0))]
+  if fused:
+    out_shape.append(jax.ShapeDtypeStruct((batch, tqp, heads, dp), jnp.float32))
+    out_specs.append(dq_spec)
+    for _ in want:     # per key and query head: the parameter gradients summed over queries
+      out_shape.append(jax.ShapeDtypeStruct((batch, heads, tkp), jnp.float32))
+      out_specs.append(pl.BlockSpec((None, group, bk), lambda j, b, c: (b, c, j)))
   if st.has_kt:
     out_shape.append(jax.ShapeDtypeStruct((batch, kv_heads, tkp), jnp.float32))
     out_specs.append(pl.BlockSpec((None, None, bk), lambda j, b, c: (b, c, j)))
   kernel = functools.partial(_triton_dkdv_kernel, st=st, names=tuple(names),
-                             nq_valid=-(-st.q_len // bq))
+                             nq_valid=-(-st.q_len // bq), want=want if fused else None)
   res = pl.pallas_call(
       kernel, grid=(nk, batch, kv_heads), in_specs=specs, out_specs=out_specs,
       out_shape=out_shape, compiler_params=_triton_params(st.opt, True),
-      interpret=st.opt.interpret, name="gravity_bwd_dkdv")(*arrays)
+      input_output_aliases=aliases, interpret=st.opt.interpret,
+      name="gravity_bwd_fused" if fused else "gravity_bwd_dkdv")(*arrays)
   dk, dv = res[0], res[1]
-  dkt = jnp.sum(res[2], axis=1) if st.has_kt else None
+  dkt = jnp.sum(res[-1], axis=1) if st.has_kt else None
+  if fused:
+    dq = res[2].astype(q.dtype)
+    dpar = pc.collect_params(want, [jnp.sum(x, axis=(0, 2)) for x in res[3:3 + len(want)]],
+                             heads)
+    return dq, dk, dv, dkt, dpar
 
   # dQ and the per-head parameter gradients (per-row partial sums) per query block.
   bq, bk = st.bq_dq, st.bk_dq
@@ -231,10 +253,14 @@ def backward(st, params, side, qn, kn, hp, lse, delta, d_out):
   return dq, dk, dv, dkt, dpar
 
 
-def _triton_dkdv_kernel(*refs, st, names, nq_valid):
+def _triton_dkdv_kernel(*refs, st, names, nq_valid, want):
+  """dK, dV (and d key_term) of one key block; with `want` (fused) also dQ and the sums."""
   r = dict(zip(names, refs))
   outs = refs[len(names):]
   dk_ref, dv_ref = outs[0], outs[1]
+  fused = want is not None
+  dq_ref = outs[2] if fused else None
+  par_refs = outs[3:3 + len(want)] if fused else ()
   bq, bk = st.bq_dkv, st.bk_dkv
   # Transposed orientation: tiles are [bk, bq] (keys on rows), so dV += Pᵀ·dO and
   # dK += Gᵀ·Q are plain products of what is in registers, with no transposes of the score
@@ -249,7 +275,7 @@ def _triton_dkdv_kernel(*refs, st, names, nq_valid):
   ks = pl.program_id(0) * bk
   k_idx = ks + jnp.arange(bk, dtype=jnp.int32)[:, None]
   k_padded = ks + bk > st.k_len         # traced: this key block holds padding
-  want = ("kt",) if st.has_kt else ()
+  terms_wanted = (("kt",) if st.has_kt else ()) + (want or ())
 
   # Query blocks [i_start, i_full) need a mask, [i_full, nq_valid) do not.
   if st.causal:
@@ -267,7 +293,7 @@ def _triton_dkdv_kernel(*refs, st, names, nq_valid):
     i_full = jnp.maximum(i_full, jnp.minimum(full_causal, nq_valid))
 
   def q_step(i, carry, head, par, masked):
-    dk_acc, col, dv, dkt = carry
+    dk_acc, col, dv, dkt, sums = carry
     qs = pl.multiple_of(i * bq, bq)
     qb = r["q"][pl.ds(qs, bq), head, :]
     dob = r["do"][pl.ds(qs, bq), head, :]
@@ -287,23 +313,37 @@ def _triton_dkdv_kernel(*refs, st, names, nq_valid):
     dv = dv + pc.dot(p.astype(dob.dtype), dob)
     dp = pc.dot(vb, dob, trans_b=True)
     dz = p * (dp - delta)
-    terms = pc.grad_terms(st, dz, s, parts, kt, dist, par, want)
+    terms = pc.grad_terms(st, dz, s, parts, kt, dist, par, terms_wanted)
     if st.score == "dot":
-      dk_acc = dk_acc + pc.dot(terms["ds"].astype(qb.dtype), qb)
+      ds = terms["ds"].astype(qb.dtype)
+      dk_acc = dk_acc + pc.dot(ds, qb)
+      if fused:
+        dq = pc.dot(ds, kb, trans_a=True)                  # [bq, d]
     else:
       g = terms["g"].astype(qb.dtype)
       col = col + jnp.sum(g.astype(jnp.float32), axis=1)
       dk_acc = dk_acc + pc.dot(g, qb)
+      if fused:
+        # This key block's share of dq_i = 2 (Σ_j g_ij q_i − Σ_j g_ij k_j).
+        row = jnp.sum(g.astype(jnp.float32), axis=0)
+        dq = 2.0 * (row[:, None] * qb.astype(jnp.float32) - pc.dot(g, kb, trans_a=True))
+    if fused:
+      pc.plgpu().atomic_add(dq_ref, (pl.ds(qs, bq), head, slice(None)), dq)
+      sums = tuple(acc + jnp.sum(terms[name], axis=1) for acc, name in zip(sums, want))
     if st.has_kt:
       dkt = dkt + jnp.sum(terms["kt"], axis=1)
-    return dk_acc, col, dv, dkt
+    return dk_acc, col, dv, dkt, sums
 
   def head_step(head, carry):
     par = _load_par_triton(r["hp"], head)
+    carry = carry + (tuple(jnp.zeros((bk,), jnp.float32) for _ in want or ()),)
     carry = lax.fori_loop(i_start, i_full,
                           functools.partial(q_step, head=head, par=par, masked=True), carry)
-    return lax.fori_loop(i_full, nq_valid,
-                         functools.partial(q_step, head=head, par=par, masked=False), carry)
+    carry = lax.fori_loop(i_full, nq_valid,
+                          functools.partial(q_step, head=head, par=par, masked=False), carry)
+    for ref, x in zip(par_refs, carry[-1]):
+      ref[head, :] = x
+    return carry[:-1]
 
   carry = (jnp.zeros((bk, kb.shape[-1]), jnp.float32), jnp.zeros((bk,), jnp.float32),
            jnp.zeros((bk, vb.shape[-1]), jnp.float32), jnp.zeros((bk,), jnp.float32))
@@ -315,7 +355,7 @@ def _triton_dkdv_kernel(*refs, st, names, nq_valid):
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
   if st.has_kt:
-    outs[2][...] = dkt
+    outs[-1][...] = dkt
 
 
 def _triton_dq_kernel(*refs, st, names, want, nk_valid):

@@ -23,6 +23,8 @@ from ban_jax.ops.gravity import pallas as GP
 # Triton-shaped kernels with small tiles; both backward kernels use other tiles than the forward.
 GPU_SMALL = GP.Options(backend="triton", interpret=True, block_q=16, block_k=32, block_q_dkv=32,
                        block_k_dkv=16, block_q_dq=16, block_k_dq=16, approx_recip=False)
+# The same with the fused backward (one kernel; dQ added with atomics).
+GPU_FUSED = GPU_SMALL._replace(fused_backward=True)
 TPU_SMALL = GP.Options(backend="mosaic_tpu", interpret=True, block_q=128, block_k=128,
                        block_q_dkv=128, block_k_dkv=128, block_q_dq=128, block_k_dq=128,
                        approx_recip=False)
@@ -109,32 +111,56 @@ def assert_matches_reference(prob, dtype, options, bound, **kw):
 ALL = ("segments", "positions", "key_mass", "power_law")
 
 
+GPU_BOTH = pytest.mark.parametrize("options", [GPU_SMALL, GPU_FUSED],
+                                   ids=["two_kernel", "fused"])
+
+
+@GPU_BOTH
 @pytest.mark.parametrize("score", ["gravity", "inverse_square", "dot"])
-def test_gpu_kernels_every_score_with_all_features(score):
+def test_gpu_kernels_every_score_with_all_features(score, options):
   # GQA, two documents and padding ids, key masses, the power law, odd length (37 with 16/32
   # tiles: padded query and key blocks), causal.
   prob = make_problem(0)
-  assert_matches_reference(prob, jnp.float32, GPU_SMALL, 2e-5, score=score, features=ALL)
+  assert_matches_reference(prob, jnp.float32, options, 2e-5, score=score, features=ALL)
 
 
-def test_gpu_kernels_alibi_cross_lengths_and_q_offset():
+@GPU_BOTH
+def test_gpu_kernels_alibi_cross_lengths_and_q_offset(options):
   # Queries are the last 21 of 70 keys (q_len != k_len, causal offset 49), ALiBi field.
   prob = make_problem(1, q_len=21, k_len=70)
-  assert_matches_reference(prob, jnp.float32, GPU_SMALL, 2e-5, score="gravity",
+  assert_matches_reference(prob, jnp.float32, options, 2e-5, score="gravity",
                            features=("alibi", "key_mass", "positions"))
 
 
-def test_gpu_kernels_not_causal_and_group_of_three():
+@GPU_BOTH
+def test_gpu_kernels_not_causal_and_group_of_three(options):
   prob = make_problem(2, q_len=29, heads=6, kv_heads=2)
-  assert_matches_reference(prob, jnp.float32, GPU_SMALL, 2e-5, score="gravity",
+  assert_matches_reference(prob, jnp.float32, options, 2e-5, score="gravity",
                            features=ALL, causal=False)
 
 
-def test_gpu_kernels_bfloat16():
+@GPU_BOTH
+def test_gpu_kernels_bfloat16(options):
   prob = make_problem(3, q_len=45)
-  errs = assert_matches_reference(prob, jnp.bfloat16, GPU_SMALL, 3e-2, score="gravity",
+  errs = assert_matches_reference(prob, jnp.bfloat16, options, 3e-2, score="gravity",
                                   features=ALL)
   assert errs["out"] > 1e-5            # really computed in bf16 (not silently upcast)
+
+
+def test_fused_and_two_kernel_backward_agree_to_rounding():
+  # Same forward; the backward differs only in summation order (atomics vs one program per
+  # query block), so every gradient agrees to float32 summation-order rounding (1e-5; the
+  # per-head sums over ~10^4 terms cancel), closer than either is to the float64 reference.
+  prob = make_problem(4, q_len=53)
+  _, two = out_and_grads(prob, "pallas", jnp.float32, GPU_SMALL, score="gravity", features=ALL)
+  _, fused = out_and_grads(prob, "pallas", jnp.float32, GPU_FUSED, score="gravity",
+                           features=ALL)
+  for name in DIFF_ARGS:
+    a, b = np.asarray(two[name], np.float64), np.asarray(fused[name], np.float64)
+    if np.linalg.norm(a) == 0:
+      assert np.linalg.norm(b) == 0, name
+    else:
+      assert rel_err(b, a) < 1e-5, name
 
 
 def test_tpu_kernels_without_segments():
@@ -221,14 +247,19 @@ def lower_for(platform, options, dtype, score):
                   per_head).lower(lowering_platforms=(platform,)).as_text()
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["two_kernel", "fused"])
 @pytest.mark.parametrize("score", ["gravity", "dot"])
-def test_gpu_kernels_lower_to_triton_with_default_tiles(score):
+def test_gpu_kernels_lower_to_triton_with_default_tiles(score, fused):
   # The interpret-mode tests never run the Triton lowering; this does (for CUDA, on the CPU):
-  # all three kernels, every fused feature, the default (non-interpret) options and tiles.
-  text = lower_for("cuda", GP.default_options(backend="triton", interpret=False),
-                   jnp.bfloat16, score)
-  assert sorted(set(re.findall(r'name = "(gravity_[a-z_]+)"', text))) == [
-      "gravity_bwd_dkdv", "gravity_bwd_dq", "gravity_fwd"]
+  # every kernel, every fused feature, the default (non-interpret) options and tiles.
+  options = GP.default_options(backend="triton", interpret=False)._replace(fused_backward=fused)
+  text = lower_for("cuda", options, jnp.bfloat16, score)
+  kernels = sorted(set(re.findall(r'name = "(gravity_[a-z_]+)"', text)))
+  if fused:
+    assert kernels == ["gravity_bwd_fused", "gravity_fwd"]
+    assert "atomic" in text
+  else:
+    assert kernels == ["gravity_bwd_dkdv", "gravity_bwd_dq", "gravity_fwd"]
 
 
 def test_tpu_kernels_lower_to_mosaic_with_default_tiles():
