@@ -263,6 +263,9 @@ def _ban() -> ml_collections.ConfigDict:
   m.positional = "rope"              # rope | alibi | power_law | none
   m.tagging = False                  # context tagging: a learned mass per token (key_mass)
   m.tagging_source = "hidden"        # hidden: softplus(Dense(h)) | surprisal: of −log P (2 passes)
+  # More of the attention layer's settings (AttentionConfig). implementation: auto (the fused
+  # Pallas kernel on an NVIDIA GPU for bf16/f16, else XLA) | xla | pallas | reference.
+  m.attention_options = ml_collections.ConfigDict({"implementation": "auto"})
   # The branched attractor (per position): N branches, one focus iterated to a fixed point.
   m.num_branches = 5
   m.branch_width = 0                 # 0 = d_model
@@ -297,6 +300,7 @@ def _transformer() -> ml_collections.ConfigDict:
   m.positional = "rope"
   m.tagging = False
   m.tagging_source = "hidden"
+  m.attention_options = ml_collections.ConfigDict({"implementation": "auto"})
   m.dropout_rate = 0.0
   m.dtype = "bfloat16"
   m.remat = False

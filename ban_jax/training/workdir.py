@@ -17,6 +17,9 @@ from ban_jax.training import writers
 RESUME_KEYS = ("model", "data.tokenizer", "data.spm_model", "data.spm_vocab_size", "seed",
                "data.source", "data.tfds_name", "data.dump_dir", "data.train_split",
                "data.text_key", "data.seq_len", "train.batch_size", "wells")
+# Inside RESUME_KEYS but free to change on resume: they choose how, not what, is computed (the
+# attention op's implementation: the fused kernel or XLA compute the same function).
+FREE_KEYS = ("model.attention_options.implementation",)
 
 
 def check(workdir: str) -> str:
@@ -51,6 +54,24 @@ def prepare(workdir: str) -> str:
   return workdir
 
 
+def _without(tree: dict, dotted_keys) -> dict:
+  """A copy of `tree` without the dotted keys (and without mappings they leave empty)."""
+  def drop(node, parts):
+    if not isinstance(node, dict) or parts[0] not in node:
+      return node
+    node = dict(node)
+    if len(parts) == 1:
+      del node[parts[0]]
+    else:
+      node[parts[0]] = drop(node[parts[0]], parts[1:])
+      if node[parts[0]] == {}:
+        del node[parts[0]]
+    return node
+  for key in dotted_keys:
+    tree = drop(tree, key.split("."))
+  return tree
+
+
 def _differences(a, b, prefix=""):
   """Dotted keys whose values differ between two nested dicts."""
   if isinstance(a, dict) and isinstance(b, dict):
@@ -75,7 +96,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   if not isinstance(saved, dict):
     raise UserError(f"{path} is not a config (a JSON object); restore it or use a fresh "
                     "--workdir.")
-  mine = config.to_dict()
+  mine = _without(config.to_dict(), FREE_KEYS)
+  saved = _without(saved, FREE_KEYS)
   for key in RESUME_KEYS:
     block, _, field = key.partition(".")
     a, b = saved.get(block, {}), mine.get(block, {})

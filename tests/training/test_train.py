@@ -152,6 +152,23 @@ def test_resuming_with_another_model_is_refused(tiny_config, tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
 
 
+def test_the_attention_implementation_may_change_on_resume(tiny_config, tmp_path):
+  # It chooses how attention is computed, not what; a run saved before the field existed
+  # (its config.json without model.attention_options) resumes too.
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tiny_config(train__steps=10), workdir)
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["model"]["attention_options"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  config = tiny_config(train__steps=12)
+  config.model.attention_options.implementation = "xla"
+  train.train_and_evaluate(config, workdir)
+  assert "12" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("model__attention", "cosine", "model.attention"),
     ("train__steps", 0, "train.steps"),
