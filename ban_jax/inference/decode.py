@@ -90,6 +90,17 @@ class Decoder:
     self._prefill = jax.jit(prefill)
     self._score = jax.jit(score)
 
+  @property
+  def step_fn(self):
+    """The jitted (params, cache, tokens, positions, surprisal) -> (logits, cache) of `step`,
+    for lowering ahead of time (`ban_jax.training.aot`)."""
+    return self._apply
+
+  @property
+  def prefill_fn(self):
+    """The jitted (params, tokens) -> (logits, cache) of `prefill`."""
+    return self._prefill
+
   def prefill(self, params, tokens):
     """tokens int [batch, P] (from position 0) -> (logits float32 [batch, P, vocab], cache)."""
     return self._prefill(params, jnp.asarray(tokens, jnp.int32))

@@ -19,13 +19,18 @@ BATCH_AXES = ("data", "fsdp")
 MIN_SHARDED_SIZE = 2 ** 12
 
 
-def make_mesh(cfg: ml_collections.ConfigDict) -> Mesh:
-  """The (data, fsdp) mesh over the devices of `cfg.backend` (default: JAX's default backend)."""
-  try:
-    devices = jax.devices(cfg.backend) if cfg.backend else jax.devices()
-  except RuntimeError as e:
-    raise UserError(f"mesh.backend={cfg.backend!r} is not available here ({e}); use '' for "
-                    f"JAX's default ({jax.default_backend()}).") from e
+def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """The (data, fsdp) mesh over the devices of `cfg.backend` (default: JAX's default backend).
+
+  `devices` replaces them: e.g. the devices of a TPU topology described without a TPU, for
+  ahead-of-time compilation (`ban_jax.aot`), laid out exactly as a run on that slice would be.
+  """
+  if devices is None:
+    try:
+      devices = jax.devices(cfg.backend) if cfg.backend else jax.devices()
+    except RuntimeError as e:
+      raise UserError(f"mesh.backend={cfg.backend!r} is not available here ({e}); use '' for "
+                      f"JAX's default ({jax.default_backend()}).") from e
   n = len(devices)
   data, fsdp = cfg.data, cfg.fsdp
   if data == -1 and fsdp == -1:

@@ -1,6 +1,5 @@
 """Bits per byte on the validation split and the held-out text, beside gzip/bz2/xz's."""
 
-import functools
 import math
 import time
 
@@ -11,7 +10,6 @@ import ml_collections
 from ban_jax.data import pipeline
 from ban_jax.data import yardsticks
 from ban_jax.parallel import mesh as mesh_lib
-from ban_jax.training import steps
 
 
 def evaluate(eval_fn, params, split: pipeline.Split, batch_size: int, max_batches: int,
@@ -42,9 +40,7 @@ class Evaluator:
 
   def __init__(self, plan, validation: pipeline.Split, heldout: pipeline.Split | None,
                cfg: ml_collections.ConfigDict, tokenizer=None):
-    self._fn = jax.jit(functools.partial(steps.eval_step, model=plan.model,
-                                         token_bytes=plan.step_kw["token_bytes"]),
-                       in_shardings=(plan.state_sharding.params, plan.batch_sharding))
+    self._fn = plan.jit_eval_step()
     self._sharding = plan.batch_sharding
     self._splits = [("eval", validation, cfg.max_batches)]
     if heldout is not None:

@@ -134,16 +134,29 @@ class Plan:
                    out_shardings=(self.state_sharding,) + (self.replicated,) * (num_outputs - 1),
                    donate_argnums=(0,))
 
+  def train_step_jit(self, strategy: selection.Strategy) -> tuple[Callable, int]:
+    """(the jitted step the run uses, how many batches it takes): lowerable ahead of time."""
+    if not strategy.draws:
+      return self.jit_step(steps.train_step), 1
+    num_batches = 2 if strategy.uses_extra_batch else 1
+    return self.jit_step(functools.partial(steps.selection_step, strategy=strategy),
+                         num_batches=num_batches, num_outputs=3), num_batches
+
   def jit_train_step(self, strategy: selection.Strategy) -> Callable:
     """(state, *batches) -> (state, metrics, draw), jitted; `draw` is None without draws.
 
     The batches are those the strategy's HostQueue gives: one, or regular and extra.
     """
+    step, _ = self.train_step_jit(strategy)
     if not strategy.draws:
-      plain = self.jit_step(steps.train_step)
-      return lambda state, batch: (*plain(state, batch), None)
-    return self.jit_step(functools.partial(steps.selection_step, strategy=strategy),
-                         num_batches=2 if strategy.uses_extra_batch else 1, num_outputs=3)
+      return lambda state, batch: (*step(state, batch), None)
+    return step
+
+  def jit_eval_step(self) -> Callable:
+    """(params, batch) -> sums of nats, bytes and tokens, jitted with the run's shardings."""
+    return jax.jit(functools.partial(steps.eval_step, model=self.model,
+                                     token_bytes=self.step_kw["token_bytes"]),
+                   in_shardings=(self.state_sharding.params, self.batch_sharding))
 
 
 def build(config: ml_collections.ConfigDict, vocab_size: int, mesh, *, token_bytes,

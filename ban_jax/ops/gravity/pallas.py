@@ -13,7 +13,10 @@ or `mask` is not fused: `gravity_attention` sends such calls to the XLA blockwis
 Lowerings (`Options.backend`, by default the one of the platform):
 - "triton" (`triton.py`): Pallas on Triton (NVIDIA GPUs). The key loop runs inside the kernel.
 - "mosaic_tpu" (`mosaic.py`): Pallas on Mosaic TPU. The key (or query) loop is the last grid
-  axis, with VMEM scratch accumulators.
+  axis, with VMEM scratch accumulators. Its calls go through `sharding.py`, which XLA's
+  partitioner asks how to split them on a mesh of several devices: one kernel call per batch
+  shard, per-head parameters replicated, their gradients summed across shards. Compiled for
+  TPU topologies by libtpu (tests), never run on a TPU.
 On the CPU both run in Pallas interpret mode (slow; for tests).
 
 Padding: lengths are padded to whole blocks and head dims to a power of two (≥ 16) for Triton;
@@ -28,12 +31,12 @@ import jax
 from jax.experimental import pallas as pl
 import jax.numpy as jnp
 
-import ban_jax.ops.gravity.mosaic as mosaic
 from ban_jax.ops.gravity.canonical import Config
 from ban_jax.ops.gravity.canonical import pad_axis
 from ban_jax.ops.gravity.pallas_common import default_options
 from ban_jax.ops.gravity.pallas_common import Options
 import ban_jax.ops.gravity.pallas_common as pc
+import ban_jax.ops.gravity.sharding as tpu_sharding
 import ban_jax.ops.gravity.triton as triton
 
 __all__ = ["Options", "default_options", "gravity_attention_pallas"]
@@ -145,7 +148,7 @@ def _forward(st, params, side):
   if st.opt.backend == "triton":
     out, lse = triton.forward(st, params, side, qn, kn, hp)
   else:
-    out, lse = mosaic.forward(st, params, side, hp)
+    out, lse = tpu_sharding.forward(st, params, side, hp)
   return out, lse
 
 
@@ -165,7 +168,8 @@ def _attention_bwd(st, res, d_out):
   if st.opt.backend == "triton":
     dq, dk, dv, dkt, dpar = triton.backward(st, params, side, qn, kn, hp, lse, delta, d_out)
   else:
-    dq, dk, dv, dkt, dpar = mosaic.backward(st, params, side, hp, lse, delta, d_out)
+    dq, dk, dv, dkt, dpar = tpu_sharding.backward(st, params, side, hp, lse, delta,
+                                                  d_out)
   grads = dict(q=dq.astype(params["q"].dtype), k=dk.astype(params["k"].dtype),
                v=dv.astype(params["v"].dtype))
   grads["key_term"] = (None if params["key_term"] is None

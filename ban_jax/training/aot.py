@@ -1,0 +1,205 @@
+"""A run's programs compiled ahead of time for devices that need not be here (a TPU slice).
+
+The same seams a run uses (`setup.build`, `Plan.train_step_jit`, `Plan.jit_eval_step`, the
+decoder), on a mesh of the target's devices (`mesh.make_mesh(..., devices=)`), with abstract
+inputs that carry the run's shardings: what compiles here is the program the slice would run.
+No dataset is opened (the vocabulary and the window count come from the config).
+
+FLOPs are not read from the compiled program (its cost analysis counts a loop body once and sees
+nothing inside a Mosaic kernel). They come from the plain train step lowered for one device at
+the per-device batch with the attention materialised (`implementation="reference"`, no loops)
+and the attractor unrolled: XLA's cost analysis of that loop-free program.
+"""
+
+import copy
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ban_jax import config_validation
+from ban_jax.data.tokenizer import ByteTokenizer
+from ban_jax.errors import UserError
+from ban_jax.inference import decode as decode_lib
+from ban_jax.ops import kv_cache as kv_ops
+from ban_jax.parallel import mesh as mesh_lib
+from ban_jax.training import budget
+from ban_jax.training import selection
+from ban_jax.training import setup
+from ban_jax.training import steps
+
+GIB = 2 ** 30
+
+
+def vocab_size(config: ml_collections.ConfigDict) -> int:
+  """The tokenizer's vocabulary without reading data (spm: the size it is trained to)."""
+  if config.data.tokenizer == "bytes":
+    return ByteTokenizer.vocab_size
+  return int(config.data.spm_vocab_size)
+
+
+def planned_windows(config: ml_collections.ConfigDict) -> int:
+  """Windows the selection state is sized for: one epoch of the run's steps (no data read)."""
+  return max(config.train.batch_size, config.train.steps * config.train.batch_size)
+
+
+@dataclasses.dataclass
+class Compiled:
+  """One compiled program's memory per device and its compile time."""
+  name: str
+  compile_s: float
+  arguments: int
+  outputs: int
+  temporaries: int
+  code: int
+  aliased: int
+
+  @property
+  def total(self) -> int:
+    return self.arguments + self.outputs + self.temporaries + self.code - self.aliased
+
+  def as_dict(self) -> dict:
+    return dict(dataclasses.asdict(self), total=self.total)
+
+
+def _compile(name, lowered) -> Compiled:
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - t0
+  ma = compiled.memory_analysis()
+  return Compiled(name=name, compile_s=seconds, arguments=int(ma.argument_size_in_bytes),
+                  outputs=int(ma.output_size_in_bytes),
+                  temporaries=int(ma.temp_size_in_bytes),
+                  code=int(ma.generated_code_size_in_bytes),
+                  aliased=int(ma.alias_size_in_bytes))
+
+
+def with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.train.batch_size = batch_size
+  return config
+
+
+def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, Any, Any]:
+  """(plan, strategy, mesh) of `config` laid out over `devices` as a run would lay it out."""
+  model_config = config_validation.validate(config)
+  mesh = mesh_lib.make_mesh(config.mesh, devices=devices)
+  for key in ("train.batch_size", "eval.batch_size"):
+    block, field = key.split(".")
+    if config[block][field] % mesh.size:
+      raise UserError(f"{key}={config[block][field]} must be a multiple of the {mesh.size} "
+                      f"devices of the mesh; e.g. --config.{key}={mesh.size * max(1, config[block][field] // mesh.size)}.")
+  windows = planned_windows(config)
+  strategy = selection.from_config(
+      config.wells, num_examples=windows,
+      steps_per_epoch=max(1, windows // config.train.batch_size),
+      total_steps=config.train.steps)
+  vocab = vocab_size(config)
+  plan = setup.build(config, vocab, mesh, strategy=strategy,
+                     token_bytes=jnp.ones([vocab], jnp.float32), model_config=model_config)
+  return plan, strategy, mesh
+
+
+def abstract_batch(batch_size: int, seq_len: int, sharding) -> dict:
+  """A training/eval batch as ShapeDtypeStructs laid out by `sharding`."""
+  def spec(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+  tokens = spec((batch_size, seq_len), jnp.int32)
+  return dict(inputs=tokens, targets=tokens, segment_ids=tokens, positions=tokens,
+              weights=spec((batch_size, seq_len), jnp.float32),
+              index=spec((batch_size,), jnp.int32))
+
+
+def compile_train(config, devices) -> Compiled:
+  """The train step the run uses (the selection strategy's, if it draws)."""
+  plan, strategy, _ = build(config, devices)
+  fn, num_batches = plan.train_step_jit(strategy)
+  batch = abstract_batch(config.train.batch_size, config.data.seq_len, plan.batch_sharding)
+  return _compile("train", fn.lower(plan.abstract, *[batch] * num_batches))
+
+
+def compile_eval(config, devices) -> Compiled:
+  plan, _, _ = build(config, devices)
+  batch = abstract_batch(config.eval.batch_size, config.data.seq_len, plan.batch_sharding)
+  return _compile("eval", plan.jit_eval_step().lower(plan.abstract.params, batch))
+
+
+def compile_decode(config, devices) -> Compiled:
+  """One cached decoding step (a token per sequence, one sequence per device) against a full
+  cache of seq_len slots: what sampling during training runs."""
+  plan, _, mesh = build(config, devices)
+  batch = mesh.size
+  decoder = decode_lib.Decoder(plan.model, kv_ops.KVSpec("full", slots=config.data.seq_len))
+  params = plan.abstract.params
+  prompt = jax.ShapeDtypeStruct((batch, config.data.seq_len), jnp.int32)
+  _, cache = jax.eval_shape(decoder.prefill_fn, params, prompt)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+
+  def lay_out(x):
+    sharding = batch_sharding if x.ndim and x.shape[0] == batch else plan.replicated
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  cache = jax.tree.map(lay_out, cache)
+  one = jax.ShapeDtypeStruct((batch, 1), jnp.int32, sharding=batch_sharding)
+  surprisal = jax.ShapeDtypeStruct((batch, 1), jnp.float32, sharding=batch_sharding)
+  return _compile("decode", decoder.step_fn.lower(params, cache, one, one, surprisal))
+
+
+def count_flops(config) -> dict:
+  """FLOPs of one plain train step per device, from a loop-free lowering.
+
+  The plain step (no selection), at the per-device batch (`config.train.batch_size` must
+  already be the per-device batch), attention materialised, attractor unrolled, lowered for
+  the host's first device (not compiled).
+  """
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.attention_options = ml_collections.ConfigDict({"implementation": "reference"})
+    if "unroll" in config.model:
+      config.model.unroll = True
+    config.mesh.data, config.mesh.fsdp = 1, 1
+    config.wells.mode = "off"
+    config.eval.batch_size = config.train.batch_size
+  plan, _, _ = build(config, jax.devices()[:1])
+  batch = abstract_batch(config.train.batch_size, config.data.seq_len, plan.batch_sharding)
+  cost = plan.jit_step(steps.train_step).lower(plan.abstract, batch).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  num_params = setup.count_params(plan.abstract.params)
+  return dict(flops=float(cost.get("flops", 0.0)),
+              analytic_flops=budget.analytic_flops(config, num_params), params=num_params,
+              method="XLA cost analysis of the plain train step lowered for one device at the "
+                     "per-device batch, attention materialised (implementation=reference), "
+                     "attractor unrolled: no loops, so nothing is counted once for many")
+
+
+def largest_batch(config, devices, hbm_bytes: int, first: Compiled,
+                  log=lambda msg: None) -> tuple[int, list[dict]]:
+  """The largest global batch whose train step fits `hbm_bytes` per device.
+
+  Memory is close to linear in the batch: a second compile at another batch fits the line, a
+  third verifies the batch it predicts (stepping down a device's worth of rows until one fits).
+  Returns (batch, the compiles made, as dicts).
+  """
+  n = len(devices)
+  b1 = config.train.batch_size
+  b2 = b1 // 2 if b1 // 2 >= n and (b1 // 2) % n == 0 else b1 * 2
+  second = compile_train(with_batch(config, b2), devices)
+  log(f"train step at batch {b2}: {second.total / GIB:.2f} GiB per device "
+      f"({second.compile_s:.0f} s)")
+  tried = [dict(batch=b2, total=second.total, compile_s=second.compile_s)]
+  slope = (second.total - first.total) / (b2 - b1)
+  if slope <= 0:
+    return 0, tried
+  guess = int((hbm_bytes - first.total) / slope + b1) // n * n
+  while guess >= n:
+    check = compile_train(with_batch(config, guess), devices)
+    tried.append(dict(batch=guess, total=check.total, compile_s=check.compile_s))
+    log(f"train step at batch {guess}: {check.total / GIB:.2f} GiB per device "
+        f"({check.compile_s:.0f} s)")
+    if check.total <= hbm_bytes:
+      return guess, tried
+    guess -= n * max(1, int((check.total - hbm_bytes) / max(slope * n, 1)))
+  return 0, tried
