@@ -90,9 +90,11 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, Any, Any]:
   mesh = mesh_lib.make_mesh(config.mesh, devices=devices)
   for key in ("train.batch_size", "eval.batch_size"):
     block, field = key.split(".")
-    if config[block][field] % mesh.size:
-      raise UserError(f"{key}={config[block][field]} must be a multiple of the {mesh.size} "
-                      f"devices of the mesh; e.g. --config.{key}={mesh.size * max(1, config[block][field] // mesh.size)}.")
+    value = config[block][field]
+    if value % mesh.size:
+      fix = mesh.size * max(1, value // mesh.size)
+      raise UserError(f"{key}={value} must be a multiple of the {mesh.size} devices of the "
+                      f"mesh; e.g. --config.{key}={fix}.")
   windows = planned_windows(config)
   strategy = selection.from_config(
       config.wells, num_examples=windows,
