@@ -53,21 +53,30 @@ def _size(num_bytes: float) -> str:
   return f"{num_bytes / 2 ** 20:.1f} MiB"
 
 
-def check(config, topology: str, programs=("train", "eval", "decode"), largest=False,
-          hbm_fraction=1.0) -> dict:
-  """Compiles `config` for the slice `topology`; returns the report (see the module doc)."""
+def check(config, topology: str = "", programs=("train", "eval", "decode"), largest=False,
+          hbm_fraction=1.0, devices=None, data=None) -> dict:
+  """Compiles `config` for the slice `topology`; returns the report (see the module doc).
+
+  On a TPU, `devices=jax.devices()` (and `data=setup.build_data(config)`) compile for the
+  chips at hand instead: the train step is then the very program training compiles, which it
+  loads from the persistent compilation cache (`setup.enable_compilation_cache`).
+  """
   from ban_jax.parallel import tpu  # pylint: disable=g-import-not-at-top
   from ban_jax.training import aot  # pylint: disable=g-import-not-at-top
   try:
-    tpu_slice = tpu.parse_slice(topology)
+    tpu_slice = tpu.slice_of(devices) if devices else tpu.parse_slice(topology)
   except ValueError as e:
     raise UserError(str(e)) from None
-  try:
-    devices = tpu.topology_devices(tpu_slice)
-  except ImportError as e:
-    raise UserError(str(e)) from None
+  if not devices:
+    try:
+      devices = tpu.topology_devices(tpu_slice)
+    except ImportError as e:
+      raise UserError(str(e)) from None
   n = len(devices)
   hbm = tpu_slice.hbm_gib_per_compiled_device * aot.GIB
+  if devices[0].platform == "tpu" and not topology:
+    stats = devices[0].memory_stats() or {}   # a real chip: what its allocator can hand out
+    hbm = stats.get("bytes_limit") or hbm
   budget = hbm * hbm_fraction
   chip = tpu_slice.chip
   report = dict(
@@ -91,13 +100,13 @@ def check(config, topology: str, programs=("train", "eval", "decode"), largest=F
   for name in programs:
     fn = dict(train=aot.compile_train, eval=aot.compile_eval, decode=aot.compile_decode)[name]
     log(f"compiling the {name} step for {tpu_slice.name} ...")
-    c = fn(config, devices)
+    c = fn(config, devices, data)
     compiled[name] = c
     report["programs"][name] = c.as_dict()
     log(f"  {name}: {_size(c.total)} per device of {hbm / aot.GIB:.1f} GiB "
         f"({100 * c.total / hbm:.1f}%): arguments {_size(c.arguments)}, temporaries "
         f"{_size(c.temporaries)}, outputs {_size(c.outputs)}, code {_size(c.code)}; "
-        f"compiled in {c.compile_s:.1f} s")
+        f"{c.kernel_calls} Pallas kernel call(s); compiled in {c.compile_s:.1f} s")
 
   per_device_batch = config.train.batch_size // n if config.train.batch_size % n == 0 else None
   if "train" in compiled and per_device_batch:
@@ -143,7 +152,7 @@ def check(config, topology: str, programs=("train", "eval", "decode"), largest=F
   fits = train is None or train.total <= budget
   report["fits"] = fits
   if train is not None and (largest or not fits):
-    batch, tried = aot.largest_batch(config, devices, int(budget), train, log=log)
+    batch, tried = aot.largest_batch(config, devices, int(budget), train, data, log=log)
     report["largest_batch"] = batch
     report["largest_batch_compiles"] = tried
     log(f"largest global batch that fits: {batch}")

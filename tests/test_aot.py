@@ -115,3 +115,48 @@ def test_the_wikipedia_preset_builds_without_its_data():
   plan, strategy, mesh = aot_lib.build(config, tpu.topology_devices(tpu.parse_slice("v5e-4")))
   assert mesh.size == 4 and strategy.draws
   assert plan.batch_sharding.mesh.devices.flat[0].platform == "tpu"
+
+
+_REUSE = r"""
+import json, sys, jax
+from ban_jax.training import aot, setup, train
+from configs import wiki
+config = wiki.get_config("smoke")
+config.data.tfds_data_dir, config.data.cache_dir, cache, workdir = sys.argv[1:5]
+config.train.compilation_cache_dir = cache
+config.train.steps, config.optimizer.warmup_steps = 2, 0
+config.eval.max_batches = config.eval.heldout_max_batches = 1
+config.eval.sample_length = 4
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+setup.enable_compilation_cache(config)
+checked = aot.compile_train(config, jax.devices(), setup.build_data(config))
+before = events.count("/jax/compilation_cache/cache_hits")
+train.train_and_evaluate(config, workdir)
+print(json.dumps(dict(check_compile_s=checked.compile_s,
+                      hits=events.count("/jax/compilation_cache/cache_hits") - before)))
+"""
+
+
+def test_training_loads_the_train_step_the_check_compiled(tfds_dir, cache_dir, tmp_path):
+  # What the Colab notebook relies on: the check compiles the run's own program (its data's
+  # vocabulary, token bytes and Wells slots), so training finds it in the persistent cache.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", _REUSE, tfds_dir, cache_dir,
+                        str(tmp_path / "cache"), str(tmp_path / "run")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  assert out["check_compile_s"] > 1.0       # long enough to be cached at all
+  assert out["hits"] >= 1, out
+
+
+def test_gravity_attention_compiles_as_the_mosaic_kernel_per_batch_shard(tmp_path):
+  # The smoke preset (gravity attention) on 4 chips: "auto" follows the target (TPU), not this
+  # CPU host, and the kernel runs per batch shard under the mesh the train step is traced in.
+  pytest.importorskip("libtpu")
+  config = wiki.get_config("smoke")
+  config.train.batch_size = config.eval.batch_size = 32
+  report = aot.check(config, "v5e-4", programs=("train",))
+  assert report["devices_compiled"] == 4 and report["fits"]
+  assert report["programs"]["train"]["kernel_calls"] > 0

@@ -57,6 +57,7 @@ def test_notebook_runs_on_cpu_with_a_tiny_preset(tfds_dir, cache_dir, tmp_path):
   text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.outputs)
   assert "mesh: {'data': 1" in text
+  assert "no TPU here (cpu): the fit check is for TPUs" in text
   assert re.search(r"'eval/bits_per_byte': \d", text)
   assert re.search(r"nats per token: \d", text)
   assert "The history of " in text

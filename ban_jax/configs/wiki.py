@@ -123,6 +123,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # Steps to record with jax.profiler after the first (compiling) one, into the TensorBoard
   # folder (Profile tab; a Perfetto *.trace.json.gz beside it); 0: none.
   c.train.profile_steps = 0
+  # JAX's persistent compilation cache: a rerun (a resume, a second Colab cell, the training
+  # after `ban_jax.aot` checked the same program) loads its compiled steps instead of
+  # compiling again. "" turns it off.
+  c.train.compilation_cache_dir = "~/.cache/ban_jax/jax_compilation_cache"
 
   # AdamW with linear warm-up and cosine decay, global-norm clipping.
   c.optimizer = ml_collections.ConfigDict()

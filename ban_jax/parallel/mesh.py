@@ -42,7 +42,12 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
   if data <= 0 or fsdp <= 0 or data * fsdp != n:
     raise UserError(f"mesh (data={cfg.data}, fsdp={cfg.fsdp}) does not fit the {n} "
                     f"{devices[0].platform} devices: data × fsdp must equal {n}.")
-  grid = mesh_utils.create_device_mesh((data, fsdp), devices)
+  try:
+    grid = mesh_utils.create_device_mesh((data, fsdp), devices)
+  except AssertionError:
+    # A v4 described core by core (libtpu's topology description, ahead of time): mesh_utils
+    # wants one device per chip. Device order is the topology's; the run itself never gets here.
+    grid = np.asarray(devices).reshape(data, fsdp)
   return Mesh(grid, AXES)
 
 

@@ -134,6 +134,21 @@ def parse_slice(name: str) -> Slice:
                topology=f"{gen}:{'x'.join(map(str, shape))}", chips_per_host=per_host)
 
 
+def slice_of(devices) -> Slice:
+  """The slice a list of real TPU devices (`jax.devices()` on a TPU VM or Colab) makes up."""
+  kind = devices[0].device_kind.lower()
+  m = re.match(r"tpu (v\d+)( lite|e|p)?", kind)
+  if not m:
+    raise ValueError(f"{devices[0].device_kind!r} is not a TPU this module knows.")
+  gen = m.group(1) + {" lite": "e", "e": "e", "p": "p"}.get(m.group(2) or "", "")
+  if gen == "v5":                      # "TPU v5" is the v5p
+    gen = "v5p"
+  chip = CHIPS[gen]
+  chips = len(devices) if (chip.megacore or chip.cores == 1) else len(devices) // chip.cores
+  size = chips * chip.cores if gen in _COUNTS_CORES else chips
+  return parse_slice(f"{gen}-{size}")
+
+
 def topology_devices(tpu_slice: Slice) -> list:
   """The devices of `tpu_slice` as libtpu describes them (no TPU needed; libtpu needed)."""
   try:

@@ -24,6 +24,7 @@ from ban_jax import config_validation
 from ban_jax.data.tokenizer import ByteTokenizer
 from ban_jax.errors import UserError
 from ban_jax.inference import decode as decode_lib
+from ban_jax.ops.gravity import platform as gravity_platform
 from ban_jax.ops import kv_cache as kv_ops
 from ban_jax.parallel import mesh as mesh_lib
 from ban_jax.training import budget
@@ -56,6 +57,7 @@ class Compiled:
   temporaries: int
   code: int
   aliased: int
+  kernel_calls: int = 0     # Pallas custom calls in the program (the fused attention kernels)
 
   @property
   def total(self) -> int:
@@ -65,12 +67,22 @@ class Compiled:
     return dict(dataclasses.asdict(self), total=self.total)
 
 
+def _lower(jitted, devices, *args):
+  """Lowers for `devices`' platform: gravity attention picks and lowers its kernels for the
+  target (a TPU slice), not for this host."""
+  with gravity_platform.compiling_for(devices[0].platform):
+    return jitted.lower(*args)
+
+
 def _compile(name, lowered) -> Compiled:
+  text = lowered.as_text()
+  kernels = text.count("tpu_custom_call") + text.count("__gpu$xla.gpu.triton")
   t0 = time.perf_counter()
   compiled = lowered.compile()
   seconds = time.perf_counter() - t0
   ma = compiled.memory_analysis()
-  return Compiled(name=name, compile_s=seconds, arguments=int(ma.argument_size_in_bytes),
+  return Compiled(name=name, compile_s=seconds, kernel_calls=kernels,
+                  arguments=int(ma.argument_size_in_bytes),
                   outputs=int(ma.output_size_in_bytes),
                   temporaries=int(ma.temp_size_in_bytes),
                   code=int(ma.generated_code_size_in_bytes),
@@ -84,8 +96,13 @@ def with_batch(config: ml_collections.ConfigDict, batch_size: int) -> ml_collect
   return config
 
 
-def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, Any, Any]:
-  """(plan, strategy, mesh) of `config` laid out over `devices` as a run would lay it out."""
+def build(config: ml_collections.ConfigDict, devices, data=None) -> tuple[Any, Any, Any]:
+  """(plan, strategy, mesh) of `config` laid out over `devices` as a run would lay it out.
+
+  With `data` (`setup.build_data(config)`), the vocabulary, token bytes and window count are
+  the run's own, so the program is the very one `train_and_evaluate` compiles (and finds in
+  the persistent compilation cache); without, they come from the config alone.
+  """
   model_config = config_validation.validate(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices=devices)
   for key in ("train.batch_size", "eval.batch_size"):
@@ -95,14 +112,20 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, Any, Any]:
       fix = mesh.size * max(1, value // mesh.size)
       raise UserError(f"{key}={value} must be a multiple of the {mesh.size} devices of the "
                       f"mesh; e.g. --config.{key}={fix}.")
-  windows = planned_windows(config)
-  strategy = selection.from_config(
-      config.wells, num_examples=windows,
-      steps_per_epoch=max(1, windows // config.train.batch_size),
-      total_steps=config.train.steps)
-  vocab = vocab_size(config)
-  plan = setup.build(config, vocab, mesh, strategy=strategy,
-                     token_bytes=jnp.ones([vocab], jnp.float32), model_config=model_config)
+  if data is None:
+    windows = planned_windows(config)
+    steps_per_epoch = max(1, windows // config.train.batch_size)
+    vocab = vocab_size(config)
+    token_bytes = jnp.ones([vocab], jnp.float32)
+  else:
+    windows, steps_per_epoch = len(data.train.split.windows), data.train.steps_per_epoch
+    vocab = data.tokenizer.vocab_size
+    token_bytes = jnp.asarray(data.tokenizer.token_bytes, jnp.float32)
+  strategy = selection.from_config(config.wells, num_examples=windows,
+                                   steps_per_epoch=steps_per_epoch,
+                                   total_steps=config.train.steps)
+  plan = setup.build(config, vocab, mesh, strategy=strategy, token_bytes=token_bytes,
+                     model_config=model_config)
   return plan, strategy, mesh
 
 
@@ -116,24 +139,24 @@ def abstract_batch(batch_size: int, seq_len: int, sharding) -> dict:
               index=spec((batch_size,), jnp.int32))
 
 
-def compile_train(config, devices) -> Compiled:
+def compile_train(config, devices, data=None) -> Compiled:
   """The train step the run uses (the selection strategy's, if it draws)."""
-  plan, strategy, _ = build(config, devices)
+  plan, strategy, _ = build(config, devices, data)
   fn, num_batches = plan.train_step_jit(strategy)
   batch = abstract_batch(config.train.batch_size, config.data.seq_len, plan.batch_sharding)
-  return _compile("train", fn.lower(plan.abstract, *[batch] * num_batches))
+  return _compile("train", _lower(fn, devices, plan.abstract, *[batch] * num_batches))
 
 
-def compile_eval(config, devices) -> Compiled:
-  plan, _, _ = build(config, devices)
+def compile_eval(config, devices, data=None) -> Compiled:
+  plan, _, _ = build(config, devices, data)
   batch = abstract_batch(config.eval.batch_size, config.data.seq_len, plan.batch_sharding)
-  return _compile("eval", plan.jit_eval_step().lower(plan.abstract.params, batch))
+  return _compile("eval", _lower(plan.jit_eval_step(), devices, plan.abstract.params, batch))
 
 
-def compile_decode(config, devices) -> Compiled:
+def compile_decode(config, devices, data=None) -> Compiled:
   """One cached decoding step (a token per sequence, one sequence per device) against a full
   cache of seq_len slots: what sampling during training runs."""
-  plan, _, mesh = build(config, devices)
+  plan, _, mesh = build(config, devices, data)
   batch = mesh.size
   decoder = decode_lib.Decoder(plan.model, kv_ops.KVSpec("full", slots=config.data.seq_len))
   params = plan.abstract.params
@@ -147,7 +170,8 @@ def compile_decode(config, devices) -> Compiled:
   cache = jax.tree.map(lay_out, cache)
   one = jax.ShapeDtypeStruct((batch, 1), jnp.int32, sharding=batch_sharding)
   surprisal = jax.ShapeDtypeStruct((batch, 1), jnp.float32, sharding=batch_sharding)
-  return _compile("decode", decoder.step_fn.lower(params, cache, one, one, surprisal))
+  return _compile("decode", _lower(decoder.step_fn, devices, params, cache, one, one,
+                                   surprisal))
 
 
 def count_flops(config) -> dict:
@@ -177,7 +201,7 @@ def count_flops(config) -> dict:
                      "attractor unrolled: no loops, so nothing is counted once for many")
 
 
-def largest_batch(config, devices, hbm_bytes: int, first: Compiled,
+def largest_batch(config, devices, hbm_bytes: int, first: Compiled, data=None,
                   log=lambda msg: None) -> tuple[int, list[dict]]:
   """The largest global batch whose train step fits `hbm_bytes` per device.
 
@@ -188,7 +212,7 @@ def largest_batch(config, devices, hbm_bytes: int, first: Compiled,
   n = len(devices)
   b1 = config.train.batch_size
   b2 = b1 // 2 if b1 // 2 >= n and (b1 // 2) % n == 0 else b1 * 2
-  second = compile_train(with_batch(config, b2), devices)
+  second = compile_train(with_batch(config, b2), devices, data)
   log(f"train step at batch {b2}: {second.total / GIB:.2f} GiB per device "
       f"({second.compile_s:.0f} s)")
   tried = [dict(batch=b2, total=second.total, compile_s=second.compile_s)]
@@ -197,7 +221,7 @@ def largest_batch(config, devices, hbm_bytes: int, first: Compiled,
     return 0, tried
   guess = int((hbm_bytes - first.total) / slope + b1) // n * n
   while guess >= n:
-    check = compile_train(with_batch(config, guess), devices)
+    check = compile_train(with_batch(config, guess), devices, data)
     tried.append(dict(batch=guess, total=check.total, compile_s=check.compile_s))
     log(f"train step at batch {guess}: {check.total / GIB:.2f} GiB per device "
         f"({check.compile_s:.0f} s)")

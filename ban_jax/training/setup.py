@@ -71,6 +71,26 @@ def build_data(config: ml_collections.ConfigDict) -> Data:
   return Data(tokenizer, dataset, validation, heldout, name)
 
 
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
+  """Points JAX's persistent compilation cache at `train.compilation_cache_dir` ("" = off).
+
+  Returns the folder used ("" when off). Every compile of a second or more is stored, so a
+  rerun of the same config on the same devices skips compiling.
+  """
+  path = config.train.get("compilation_cache_dir", "")  # older saved configs lack it
+  if not path:
+    return ""
+  path = os.path.expanduser(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"train.compilation_cache_dir={path!r} cannot be created ({e}); point it "
+                    "at a writable folder or set it to '' to compile every time.") from e
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  return path
+
+
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   """Joins the other processes (when distributed) and lays the devices out as a mesh."""
   cfg = config.mesh
@@ -126,10 +146,24 @@ class Plan:
   batch_sharding: Any
   replicated: Any
   step_kw: dict
+  mesh: Any = None
+
+  def in_mesh(self, fn: Callable) -> Callable:
+    """`fn` traced with the mesh visible (several devices): the Mosaic TPU attention kernel,
+    which XLA cannot partition, then runs per batch shard (`ops/gravity/sharding.py`)."""
+    if self.mesh is None or self.mesh.size == 1:
+      return fn
+    mesh = self.mesh
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return fn(*args, **kwargs)
+    return traced
 
   def jit_step(self, fn: Callable, *, num_batches: int = 1, num_outputs: int = 2) -> Callable:
     """jit(fn(state, *batches, **step_kw)) with shardings, the state donated."""
-    return jax.jit(functools.partial(fn, **self.step_kw),
+    return jax.jit(self.in_mesh(functools.partial(fn, **self.step_kw)),
                    in_shardings=(self.state_sharding,) + (self.batch_sharding,) * num_batches,
                    out_shardings=(self.state_sharding,) + (self.replicated,) * (num_outputs - 1),
                    donate_argnums=(0,))
@@ -154,8 +188,8 @@ class Plan:
 
   def jit_eval_step(self) -> Callable:
     """(params, batch) -> sums of nats, bytes and tokens, jitted with the run's shardings."""
-    return jax.jit(functools.partial(steps.eval_step, model=self.model,
-                                     token_bytes=self.step_kw["token_bytes"]),
+    return jax.jit(self.in_mesh(functools.partial(steps.eval_step, model=self.model,
+                                                  token_bytes=self.step_kw["token_bytes"])),
                    in_shardings=(self.state_sharding.params, self.batch_sharding))
 
 
@@ -191,7 +225,7 @@ def build(config: ml_collections.ConfigDict, vocab_size: int, mesh, *, token_byt
   return Plan(model=model, tx=tx, schedule=schedule,
               init=jax.jit(init_fn, out_shardings=state_sharding), abstract=abstract,
               state_sharding=state_sharding, batch_sharding=mesh_lib.batch_sharding(mesh),
-              replicated=replicated,
+              replicated=replicated, mesh=mesh,
               step_kw=dict(model=model, tx=tx, schedule=schedule, z_loss=config.train.z_loss,
                            token_bytes=token_bytes))
 

@@ -30,6 +30,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model_config = config_validation.validate(config)
   workdir = workdir_lib.check(workdir)
   workdir_lib.check_resumable(workdir, config)
+  setup.enable_compilation_cache(config)
   mesh = setup.make_mesh(config)
   data = setup.build_data(config)
   total_steps = config.train.steps

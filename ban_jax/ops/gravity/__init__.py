@@ -37,8 +37,9 @@ Implementations (`implementation=`), one module each:
   tiles and lowering from `pallas_options` (`pallas.Options`). Calls with a materialised `bias`
   or `mask` run "xla" instead.
 - "auto": "pallas" on an NVIDIA GPU for 16-bit inputs with head_dim <= 128 and no
-  materialised bias or mask (measured faster than "xla" there, forward and backward); "xla"
-  everywhere else, decoding included (see `_auto_implementation`).
+  materialised bias or mask (measured faster than "xla" there, forward and backward); on a TPU
+  wherever the Mosaic kernel takes the call (compiled there, never run); "xla" everywhere
+  else, decoding included (see `_auto_implementation`).
 
 Module layout (imports run one way): this package → {canonical, xla, pallas}; xla → canonical
 (argument validation and the canonical form); pallas → {canonical, triton, mosaic}; triton and
@@ -58,6 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from ban_jax.ops.gravity import canonical
+from ban_jax.ops.gravity import platform
 from ban_jax.ops.gravity import xla
 from ban_jax.ops.gravity.canonical import Config
 from ban_jax.ops.gravity.canonical import DEFAULT_BLOCK_K
@@ -213,10 +215,21 @@ def _auto_implementation(cfg: Config, diff, aux) -> str:
   "xla": the kernel's float32 products run without tensor cores and tied "xla" at the smoke
   preset's shape; head dims above 128 were not timed. If this JAX has no Pallas Triton backend,
   "xla".
-  TPU: "xla" (another decision: the Mosaic kernel has not run on a TPU). CPU: "xla".
+  TPU: "pallas" (the Mosaic kernel) wherever it takes the call: float32 or bfloat16 inputs (all
+  three the same dtype; float16 fails Mosaic's compiler, float64 is refused), head_dim and v_dim
+  <= 256 (the largest compiled), no materialised bias or mask, and a call it can be split for:
+  one device, or a mesh that `sharding.partition_plan` sees at trace time (`jax.set_mesh`
+  around the jit, or Explicit mesh axes), since XLA cannot partition a Mosaic kernel by itself.
+  Otherwise "xla". This is a default by capability, not by speed: the Mosaic kernel has only
+  been compiled for TPU topologies by libtpu (v5e, in tests), never run on a TPU, so it is
+  neither timed nor checked for numbers there (interpret mode on the CPU checks its maths).
+  CPU: "xla".
   """
   del cfg
-  if jax.default_backend() != "gpu":
+  target = platform.current()       # the default backend, or an ahead-of-time target
+  if target == "tpu":
+    return _auto_tpu(diff, aux)
+  if target != "gpu":
     return "xla"
   q, k, v = diff["q"], diff["k"], diff["v"]
   if (jnp.dtype(q.dtype).itemsize != 2 or q.dtype != k.dtype or k.dtype != v.dtype
@@ -227,5 +240,24 @@ def _auto_implementation(cfg: Config, diff, aux) -> str:
     from ban_jax.ops.gravity import pallas_common  # pylint: disable=g-import-not-at-top
     pallas_common.plgpu()
   except ImportError:
+    return "xla"
+  return "pallas"
+
+
+def _auto_tpu(diff, aux) -> str:
+  """The TPU branch of `_auto_implementation`."""
+  q, k, v = diff["q"], diff["k"], diff["v"]
+  if (q.dtype not in (jnp.float32, jnp.bfloat16) or q.dtype != k.dtype or k.dtype != v.dtype
+      or q.shape[-1] > 256 or v.shape[-1] > 256
+      or diff["bias"] is not None or aux["mask"] is not None):
+    return "xla"
+  try:
+    from ban_jax.ops.gravity import sharding  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return "xla"
+  # The devices the trace is for: its mesh (an ahead-of-time target too), else this host's.
+  mesh = jax.sharding.get_abstract_mesh()
+  devices = jax.device_count() if mesh.empty else mesh.size
+  if devices > 1 and sharding.partition_plan(q) is None:
     return "xla"
   return "pallas"

@@ -23,6 +23,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from ban_jax.ops.gravity import platform as target_platform
+
 LOG2E = math.log2(math.e)
 # A finite "minus infinity": masked logits never turn the running max into -inf, so
 # exp2(m_old - m_new) never sees inf - inf.
@@ -66,7 +68,8 @@ def default_options(backend: Optional[str] = None, dtype=jnp.bfloat16, head_dim:
   """The options `gravity_attention_pallas` uses when none are given.
 
   Args:
-    backend: "triton", "mosaic_tpu", or None for the one matching `jax.default_backend()`
+    backend: "triton", "mosaic_tpu", or None for the one matching the platform traced for
+      (`platform.current()`: the default backend, or the target of an ahead-of-time compile)
       ("triton" on the CPU, in interpret mode).
     dtype: the input dtype (float32 tiles are twice the bytes: smaller blocks).
     head_dim: the head dimension.
@@ -75,7 +78,7 @@ def default_options(backend: Optional[str] = None, dtype=jnp.bfloat16, head_dim:
   Returns:
     Options.
   """
-  platform = jax.default_backend()
+  platform = target_platform.current()
   if backend is None:
     backend = "mosaic_tpu" if platform == "tpu" else "triton"
   if interpret is None:

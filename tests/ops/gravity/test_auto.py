@@ -1,8 +1,9 @@
 """What implementation="auto" picks (ban_jax/ops/gravity/__init__.py, `_auto_implementation`).
 
-The choice depends on the backend, so these tests tell the module it runs on a GPU and check
-which path each call takes: "pallas" only where the H200 timings say it wins (bf16/f16, head
-dims <= 128, no materialised bias or mask, not decoding), "xla" elsewhere.
+The choice depends on the backend, so these tests tell the module it runs on a GPU or a TPU and
+check which path each call takes. GPU: "pallas" only where the H200 timings say it wins
+(bf16/f16, head dims <= 128, no materialised bias or mask, not decoding), "xla" elsewhere.
+TPU: "pallas" wherever the Mosaic kernel takes the call and can be split over the devices.
 """
 
 import jax
@@ -15,12 +16,14 @@ from ban_jax.ops.gravity import canonical
 from ban_jax.ops.gravity import pallas_common
 
 
-def call_form(dtype=jnp.bfloat16, head_dim=32, v_dim=None, bias=False):
+def call_form(dtype=jnp.bfloat16, head_dim=32, v_dim=None, bias=False, mask=False):
   rng = np.random.default_rng(0)
   b, t, h = 2, 24, 4
   q = jnp.asarray(rng.normal(size=(b, t, h, head_dim)), dtype)
   v = jnp.asarray(rng.normal(size=(b, t, h, v_dim or head_dim)), dtype)
   extra = dict(bias=jnp.zeros((1, 1, t, t), jnp.float32)) if bias else {}
+  if mask:
+    extra["mask"] = jnp.ones((1, 1, t, t), bool)
   return canonical.prepare(q, q, v, jnp.ones((h,)), causal=True, **extra)
 
 
@@ -29,10 +32,42 @@ def on_gpu(monkeypatch):
   monkeypatch.setattr(G.jax, "default_backend", lambda: "gpu")
 
 
-def test_cpu_and_tpu_take_xla(monkeypatch):
-  for backend in ("cpu", "tpu"):
-    monkeypatch.setattr(G.jax, "default_backend", lambda b=backend: b)
-    assert G._auto_implementation(*call_form()) == "xla"
+@pytest.fixture
+def on_tpu(monkeypatch):
+  monkeypatch.setattr(G.jax, "default_backend", lambda: "tpu")
+
+
+def test_cpu_takes_xla(monkeypatch):
+  monkeypatch.setattr(G.jax, "default_backend", lambda: "cpu")
+  assert G._auto_implementation(*call_form()) == "xla"
+
+
+def test_tpu_takes_the_kernel_for_float32_and_bfloat16_up_to_head_dim_256(on_tpu):
+  del on_tpu
+  assert jax.device_count() == 1
+  assert G._auto_implementation(*call_form(jnp.bfloat16, 32)) == "pallas"
+  assert G._auto_implementation(*call_form(jnp.float32, 256)) == "pallas"
+
+
+@pytest.mark.parametrize("kwargs", [dict(dtype=jnp.float16), dict(head_dim=512),
+                                    dict(v_dim=512), dict(bias=True), dict(mask=True)],
+                         ids=["float16", "head_dim_512", "v_dim_512", "materialised_bias",
+                              "materialised_mask"])
+def test_tpu_keeps_xla_where_the_kernel_does_not_take_the_call(on_tpu, kwargs):
+  del on_tpu
+  assert G._auto_implementation(*call_form(**kwargs)) == "xla"
+
+
+def test_tpu_with_several_devices_needs_a_mesh_to_split_the_kernel_over(on_tpu, monkeypatch):
+  # With devices but no mesh in sight (jit with in_shardings only), XLA would have to
+  # partition the Mosaic kernel itself, which it cannot; with a mesh, the kernel runs per shard.
+  del on_tpu
+  monkeypatch.setattr(G.jax, "device_count", lambda: 8)
+  form = call_form()
+  assert G._auto_implementation(*form) == "xla"
+  mesh = jax.sharding.AbstractMesh((1, 2), ("data", "fsdp"))
+  with jax.sharding.use_abstract_mesh(mesh):
+    assert G._auto_implementation(*form) == "pallas"
 
 
 def test_gpu_takes_the_kernel_for_16_bit_inputs_up_to_head_dim_128(on_gpu):

@@ -8,8 +8,12 @@ several key and query blocks, fully visible blocks without a mask, diagonal bloc
 blocks skipped by causality, and padded blocks from lengths that are not multiples of a block.
 """
 
+import json
+import os
 import re
+import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -80,11 +84,15 @@ def attend(prob, args, impl, options, *, score, features, causal=True, q_offset=
   return G.gravity_attention(a["query"], a["key"], a["value"], mass, implementation=impl, **kw)
 
 
-def out_and_grads(prob, impl, dtype, options=None, **kw):
-  """Output and the gradients of sum(out * cotangent) w.r.t. every differentiable input."""
+def out_and_grads(prob, impl, dtype, options=None, args=None, **kw):
+  """Output and the gradients of sum(out * cotangent) w.r.t. every differentiable input.
+
+  `args` (the DIFF_ARGS arrays) replaces the arrays of `prob`, e.g. with traced ones.
+  """
   fdt = jnp.float64 if dtype == jnp.float64 else jnp.float32
-  args = [jnp.asarray(prob[n], dtype if n in ("query", "key", "value") else fdt)
-          for n in DIFF_ARGS]
+  if args is None:
+    args = [jnp.asarray(prob[n], dtype if n in ("query", "key", "value") else fdt)
+            for n in DIFF_ARGS]
   out, vjp = jax.vjp(lambda *a: attend(prob, a, impl, options, **kw), *args)
   grads = vjp(jnp.asarray(prob["cotangent"][:, :out.shape[1]], out.dtype))
   return out, dict(zip(DIFF_ARGS, grads))
@@ -267,6 +275,101 @@ def test_tpu_kernels_lower_to_mosaic_with_default_tiles():
   text = lower_for("tpu", GP.default_options(backend="mosaic_tpu", interpret=False),
                    jnp.bfloat16, "gravity")
   assert text.count("tpu_custom_call") == 3
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))))
+
+# The TPU kernels per batch shard (sharding.py) on a (data=4, fsdp=2) mesh of 8 fake CPU
+# devices, against one device: JAX takes the device count once, so in a process of its own.
+SHARDED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    sys.path.insert(0, "tests/ops/gravity")
+    import test_pallas as T
+
+    assert jax.device_count() == 8
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "fsdp"))
+    features = ("segments", "positions", "key_mass", "power_law", "alibi")
+    results = {}
+    # batch 8 splits over (data, fsdp); batch 2 over fsdp only (data's 4 does not divide it).
+    for batch, spec in ((8, ("data", "fsdp")), (2, "fsdp")):
+      prob = T.make_problem(9, batch=batch, q_len=150, heads=2, kv_heads=1, head_dim=8)
+      args = [jnp.asarray(prob[n], jnp.float32) for n in T.DIFF_ARGS]
+
+      def f(*a):
+        return T.out_and_grads(prob, "pallas", jnp.float32, T.TPU_SMALL, score="gravity",
+                               features=features, args=a)
+      want = jax.jit(f)(*args)
+      shardings = [NamedSharding(mesh, P(spec) if a.ndim > 1 else P()) for a in args]
+      with jax.set_mesh(mesh):
+        fn = jax.jit(f, in_shardings=shardings)
+        shard_maps = str(jax.make_jaxpr(f)(*args)).count("shard_map[")
+        got = fn(*args)
+      errs = {"out": T.rel_err(got[0], want[0])}
+      errs.update({n: T.rel_err(got[1][n], want[1][n]) for n in T.DIFF_ARGS})
+      results[batch] = dict(errs=errs, shard_maps=shard_maps,
+                            out_spec=str(got[0].sharding.spec))
+    print(json.dumps(results))
+""")
+
+
+def test_tpu_kernels_per_batch_shard_on_a_cpu_mesh_match_one_device():
+  # Interpret mode on fake CPU devices: the same shard_map wrapping as on a TPU mesh. Every
+  # input has gradients (the per-head ones psum-ed across shards: without the psum they would
+  # be one shard's share, far from the single-device value).
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads(out.stdout.strip().splitlines()[-1])
+  for batch, spec in (("8", "('data', 'fsdp')"), ("2", "'fsdp'")):
+    r = results[batch]
+    assert r["shard_maps"] == 2, r          # the forward and the backward, each per shard
+    assert r["out_spec"] == f"P({spec},)", r
+    bad = {k: v for k, v in r["errs"].items() if not v < 1e-5}   # float32 summation order
+    assert not bad, (batch, r["errs"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_tpu_kernels_compile_per_batch_shard_for_a_4_device_v5e(dtype):
+  # libtpu's compiler on a v5e:2x2 topology (4 devices, no TPU needed), Mosaic passes included:
+  # without the per-shard wrapping this fails ("Mosaic kernels cannot be automatically
+  # partitioned"). Needs libtpu, which CI does not install (pip install -e ".[tpu]").
+  pytest.importorskip("libtpu")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,g-multiple-import
+  # libtpu's machine-wide lock file would stop a second compiling process; there is no TPU.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  devices = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
+  mesh = Mesh(np.array(devices).reshape(2, 2), ("data", "fsdp"))
+  b, t, h, kvh, d = 4, 256, 4, 2, 64
+  options = GP.default_options(backend="mosaic_tpu", interpret=False)
+  seg = jnp.concatenate([jnp.ones((b, 100), jnp.int32), jnp.full((b, t - 100), 2, jnp.int32)], 1)
+
+  def loss(q, k, v, mass, key_mass, power, scale, alibi):
+    out = G.gravity_attention(q, k, v, mass, causal=True, segment_ids=seg, positions=seg,
+                              key_mass=key_mass, power_law=(power, scale), alibi_slopes=alibi,
+                              implementation="pallas", pallas_options=options)
+    return jnp.sum(out.astype(jnp.float32))
+
+  batch, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
+  S = jax.ShapeDtypeStruct
+  per_head = S((h,), jnp.float32)
+  args = (S((b, t, h, d), dtype), S((b, t, kvh, d), dtype), S((b, t, kvh, d), dtype), per_head,
+          S((b, t), jnp.float32), per_head, per_head, per_head)
+  fn = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(8))),
+               in_shardings=(batch,) * 3 + (rep, batch) + (rep,) * 3)
+  with jax.set_mesh(mesh):
+    lowered = fn.lower(*args)
+  assert lowered.as_text().count("sdy.manual_computation") == 2
+  compiled = lowered.compile()
+  text = compiled.as_text()
+  assert len(re.findall(r"custom_call_target=\"tpu_custom_call\"", text)) == 3
+  # One batch row per device: the forward kernel's q operand is [1, heads, t, d].
+  assert re.search(rf"\[1,{h},{t},{d}\]", text)
 
 
 @pytest.mark.slow
