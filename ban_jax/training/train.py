@@ -15,6 +15,7 @@ from ban_jax.training import budget
 from ban_jax.training import checkpoints
 from ban_jax.training import divergence
 from ban_jax.training import evaluate
+from ban_jax.training import kernel_check
 from ban_jax.training import live_views
 from ban_jax.training import preemption
 from ban_jax.training import queue as queue_lib
@@ -48,6 +49,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_iter = data.train.iterator()
   rng = jax.random.PRNGKey(config.seed)
   state, first_step, carried = setup.restore_or_init(plan, ckpt, data_iter, rng)
+  if kernel_check.uses_kernel(config):
+    xla_config = kernel_check.with_xla(config)
+    xla_plan = setup.build(xla_config, data.tokenizer.vocab_size, mesh, strategy=strategy,
+                           token_bytes=plan.step_kw["token_bytes"],
+                           model_config=config_validation.validate(xla_config))
+    config, plan = kernel_check.check_or_fall_back(config, plan, xla_plan, state.params,
+                                                   data.validation, config.eval.batch_size)
   if first_step:
     logging.info("resumed from %s at step %d", workdir, first_step)
   else:
