@@ -147,7 +147,8 @@ def main():
   t0 = time.time()
   if not args.report_only:
     done = {(c["preset"], c["topology"]) for c in rec["cells"] if c.get("report")}
-    todo = [(p, s, m) for p in args.presets.split(",") for s, m in SLICES
+    # Slice by slice, so that a deadline leaves whole columns (the pod slice last).
+    todo = [(p, s, m) for s, m in SLICES for p in args.presets.split(",")
             if s in args.slices.split(",") and (p, s) not in done]
     for i, (preset, slice_name, mesh) in enumerate(todo):
       if time.time() - t0 > args.deadline_s:
