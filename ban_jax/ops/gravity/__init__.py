@@ -209,7 +209,8 @@ def _auto_implementation(cfg: Config, diff, aux) -> str:
   """The implementation "auto" picks for one call (its canonical form).
 
   GPU (decided on an H200, bench/results/attention_gpu_h200.json; docs/design.md): "pallas"
-  for bfloat16/float16 inputs with head_dim and v_dim <= 128 and no materialised bias or mask.
+  for bfloat16/float16 inputs with head_dim and v_dim <= 128 and no materialised bias or mask,
+  on one GPU (several: "xla", the Triton kernel is not wrapped per shard).
   There the kernel ran forward+backward 1.7-2.0x faster than "xla" at the default preset's
   shape (B 64, T 512, 8 heads x 32) and 3.7x at T = 4096 (16 heads x 128). float32 stays on
   "xla": the kernel's float32 products run without tensor cores and tied "xla" at the smoke
@@ -236,12 +237,23 @@ def _auto_implementation(cfg: Config, diff, aux) -> str:
       or q.shape[-1] > 128 or v.shape[-1] > 128
       or diff["bias"] is not None or aux["mask"] is not None):
     return "xla"
+  if _trace_devices() > 1:
+    # Several GPUs: XLA cannot partition the Triton kernel and it is not wrapped per shard
+    # (the TPU kernel is, `sharding.py`); measured on one GPU only.
+    return "xla"
   try:
     from ban_jax.ops.gravity import pallas_common  # pylint: disable=g-import-not-at-top
     pallas_common.plgpu()
   except ImportError:
     return "xla"
   return "pallas"
+
+
+def _trace_devices() -> int:
+  """The devices the trace in progress is for: its mesh (an ahead-of-time target too), else
+  this host's."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return jax.device_count() if mesh.empty else mesh.size
 
 
 def _auto_tpu(diff, aux) -> str:
@@ -255,9 +267,6 @@ def _auto_tpu(diff, aux) -> str:
     from ban_jax.ops.gravity import sharding  # pylint: disable=g-import-not-at-top
   except ImportError:
     return "xla"
-  # The devices the trace is for: its mesh (an ahead-of-time target too), else this host's.
-  mesh = jax.sharding.get_abstract_mesh()
-  devices = jax.device_count() if mesh.empty else mesh.size
-  if devices > 1 and sharding.partition_plan(q) is None:
+  if _trace_devices() > 1 and sharding.partition_plan(q) is None:
     return "xla"
   return "pallas"

@@ -115,3 +115,10 @@ def test_auto_on_the_cpu_equals_xla():
   xla = G.gravity_attention(q, q, q, jnp.ones((2,)), implementation="xla")
   assert jax.default_backend() == "cpu"
   np.testing.assert_array_equal(np.asarray(auto), np.asarray(xla))
+
+
+def test_several_gpus_keep_xla(on_gpu, monkeypatch):
+  # The Triton kernel is not wrapped per shard: XLA could not partition it over a mesh.
+  del on_gpu
+  monkeypatch.setattr(G.jax, "device_count", lambda: 8)
+  assert G._auto_implementation(*call_form(jnp.bfloat16, 32)) == "xla"
