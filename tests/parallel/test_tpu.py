@@ -62,3 +62,17 @@ def test_no_libtpu_is_one_clear_error(monkeypatch):
   monkeypatch.setitem(__import__("sys").modules, "libtpu", None)
   with pytest.raises(ImportError, match=r'pip install -e "\.\[tpu\]"'):
     tpu.topology_devices(tpu.parse_slice("v5e-1"))
+
+
+class _Device:
+  def __init__(self, kind):
+    self.device_kind = kind
+
+
+@pytest.mark.parametrize("kind,count,name", [
+    ("TPU v5 lite", 1, "v5e-1"), ("TPU v5 lite", 8, "v5e-8"), ("TPU v6 lite", 1, "v6e-1"),
+    ("TPU v2", 8, "v2-8"), ("TPU v4", 4, "v4-8"), ("TPU v5", 4, "v5p-8"), ("TPU v5p", 4, "v5p-8"),
+])
+def test_the_slice_of_the_devices_a_real_slice_shows(kind, count, name):
+  # What the Colab notebook's check calls on jax.devices().
+  assert tpu.slice_of([_Device(kind)] * count) == tpu.parse_slice(name)
