@@ -70,7 +70,7 @@ class Compiled:
 def _lower(jitted, devices, *args):
   """Lowers for `devices`' platform: gravity attention picks and lowers its kernels for the
   target (a TPU slice), not for this host."""
-  with gravity_platform.compiling_for(devices[0].platform):
+  with gravity_platform.compiling_for(devices[0].platform, devices[0].device_kind):
     return jitted.lower(*args)
 
 

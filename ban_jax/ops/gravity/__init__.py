@@ -216,7 +216,8 @@ def _auto_implementation(cfg: Config, diff, aux) -> str:
   "xla": the kernel's float32 products run without tensor cores and tied "xla" at the smoke
   preset's shape; head dims above 128 were not timed. If this JAX has no Pallas Triton backend,
   "xla".
-  TPU: "pallas" (the Mosaic kernel) wherever it takes the call: float32 or bfloat16 inputs (all
+  TPU: "xla" on v2 and v3 (Mosaic does not compile the kernel's bf16 matmuls there); on later
+  TPUs "pallas" (the Mosaic kernel) wherever it takes the call: float32 or bfloat16 inputs (all
   three the same dtype; float16 fails Mosaic's compiler, float64 is refused), head_dim and v_dim
   <= 256 (the largest compiled), no materialised bias or mask, and a call it can be split for:
   one device, or a mesh that `sharding.partition_plan` sees at trace time (`jax.set_mesh`
@@ -258,6 +259,10 @@ def _trace_devices() -> int:
 
 def _auto_tpu(diff, aux) -> str:
   """The TPU branch of `_auto_implementation`."""
+  if platform.device_kind().startswith(("TPU v2", "TPU v3")):
+    # Mosaic rejects the kernel's bf16 matmuls there ("CompileTimeMosaicUnsupportedRhsType",
+    # compiling the default preset for a v2-8).
+    return "xla"
   q, k, v = diff["q"], diff["k"], diff["v"]
   if (q.dtype not in (jnp.float32, jnp.bfloat16) or q.dtype != k.dtype or k.dtype != v.dtype
       or q.shape[-1] > 256 or v.shape[-1] > 256

@@ -122,3 +122,13 @@ def test_several_gpus_keep_xla(on_gpu, monkeypatch):
   del on_gpu
   monkeypatch.setattr(G.jax, "device_count", lambda: 8)
   assert G._auto_implementation(*call_form(jnp.bfloat16, 32)) == "xla"
+
+
+def test_tpu_v2_and_v3_keep_xla():
+  # Mosaic rejects the kernel's bf16 matmuls on v2 (seen compiling the default preset for a
+  # v2-8); the target's kind decides, also when compiling ahead of time from a CPU host.
+  from ban_jax.ops.gravity import platform  # pylint: disable=g-import-not-at-top
+  for kind, expected in (("TPU v2", "xla"), ("TPU v3", "xla"), ("TPU v5 lite", "pallas"),
+                         ("TPU v4", "pallas")):
+    with platform.compiling_for("tpu", kind):
+      assert G._auto_implementation(*call_form(jnp.bfloat16, 32)) == expected, kind
