@@ -23,7 +23,7 @@ OUT = os.path.join(REPO, "bench", "results", "colab_preset.json")
 # (d_model, num_layers, num_heads, head_dim, remat), smallest first.
 CANDIDATES = [(256, 6, 8, 32, False), (384, 8, 6, 64, True), (512, 8, 8, 64, True),
               (640, 10, 10, 64, True), (768, 12, 12, 64, True), (1024, 12, 16, 64, True),
-              (1280, 16, 20, 64, True), (1536, 20, 24, 64, True)]
+              (1024, 14, 16, 64, True), (1280, 16, 20, 64, True)]
 HOURS = 12.0
 TOKENS_PER_PARAM = 20
 

@@ -62,3 +62,15 @@ def test_heldout_default_reads_the_env_folder_then_beside_the_checkout(tmp_path,
   beside = os.path.normpath(os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "..", "shared", "data", wiki.HELDOUT_FILE))
   assert wiki.heldout_default() == (beside if os.path.exists(beside) else "")
+
+
+def test_the_colab_preset_trains_20_tokens_per_parameter():
+  config = wiki.get_config("colab_v5e")
+  model = models.get_model(config_validation.validate(config), vocab_size=259)
+  tokens = jax.ShapeDtypeStruct((1, 16), jnp.int32)
+  params = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
+  count = sum(x.size for x in jax.tree.leaves(params))
+  assert count == wiki.COLAB_V5E_PARAMS
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  assert tokens_per_step >= 64 * 512
+  assert abs(config.train.steps * tokens_per_step / count - 20) < 0.01
