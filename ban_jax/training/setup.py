@@ -80,7 +80,11 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> str:
   path = config.train.get("compilation_cache_dir", "")  # older saved configs lack it
   if not path:
     return ""
-  path = os.path.expanduser(path)
+  # One folder per backend and device count: on the CPU, a program compiled for another
+  # --xla_force_host_platform_device_count was loaded from a shared folder and deadlocked in
+  # its collectives (tests/parallel/test_multiprocess.py).
+  path = os.path.join(os.path.expanduser(path),
+                      f"{jax.default_backend()}-{jax.device_count()}-devices")
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:

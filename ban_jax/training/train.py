@@ -31,8 +31,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model_config = config_validation.validate(config)
   workdir = workdir_lib.check(workdir)
   workdir_lib.check_resumable(workdir, config)
-  setup.enable_compilation_cache(config)
   mesh = setup.make_mesh(config)
+  if jax.process_count() == 1:
+    # Multi-process runs compile without it: two processes of one run hung at shutdown with
+    # the cache on (tests/parallel/test_multiprocess.py), one process each reading the other's.
+    setup.enable_compilation_cache(config)
   data = setup.build_data(config)
   total_steps = config.train.steps
   steps_per_epoch = data.train.steps_per_epoch
