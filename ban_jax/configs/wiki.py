@@ -132,7 +132,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.train.profile_steps = 0
   # JAX's persistent compilation cache: a rerun (a resume, a second Colab cell, the training
   # after `ban_jax.aot` checked the same program) loads its compiled steps instead of
-  # compiling again. "" turns it off.
+  # compiling again. One subfolder per backend and device count; not used by multi-process
+  # runs. "" turns it off.
   c.train.compilation_cache_dir = "~/.cache/ban_jax/jax_compilation_cache"
 
   # AdamW with linear warm-up and cosine decay, global-norm clipping.
