@@ -33,6 +33,19 @@ def cache_dir(tmp_path_factory):
   return str(_shared_tmp(tmp_path_factory) / "ban_jax_cache")
 
 
+@pytest.fixture(scope="session")
+def cpu_devices_env():
+  """`env(n)`: the environment for a subprocess that sees n CPU devices."""
+  def env(n):
+    # On a loaded 2-core machine one device thread can miss an in-process collective's
+    # rendezvous for XLA's default 40 s, and XLA then aborts the whole process; a real
+    # deadlock still fails within the test's time.
+    flags = (f"--xla_force_host_platform_device_count={n} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=180")
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  return env
+
+
 PRESET = "tiny"  # what `tiny_config` starts from (and what CLI tests pass as the preset)
 
 

@@ -89,12 +89,10 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def two_meshes():
+def two_meshes(cpu_devices_env):
   """The script's results: 3 steps on each mesh, then checkpoints moved between them."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True,
-                       text=True)
+  out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=cpu_devices_env(8),
+                       capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,4 @@
-"""Two processes (2 CPU devices each) train exactly like one process with 4 devices.
+"""Two processes (one CPU device each) train exactly like one process with 2 devices.
 
 Covers what only multi-host runs exercise: each process reads its slice of every batch (regular,
 well and eval batches), well draws are readable on every host, parameters split over hosts
@@ -61,20 +61,23 @@ def _losses(workdir):
 # loss_rank shares every multi-process path with wells (selection state, replayed draws); it
 # runs with the slow tests to keep the default suite near 15 minutes on 2 cores.
 @pytest.mark.parametrize("mode", ["wells", pytest.param("loss_rank", marks=pytest.mark.slow)])
-def test_two_processes_match_one(tfds_dir, cache_dir, tmp_path, mode):
+def test_two_processes_match_one(tfds_dir, cache_dir, cpu_devices_env, tmp_path, mode):
   def launch(count, devices, workdir):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = cpu_devices_env(devices)
     port = str(_free_port())
     return [subprocess.Popen([sys.executable, "-c", SCRIPT, str(p), str(count), port, mode,
                               str(workdir), tfds_dir, cache_dir], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for p in range(count)]
 
-  procs = launch(2, 2, tmp_path / "two") + launch(1, 4, tmp_path / "one")
-  for p in procs:
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out[-3000:]
+  # One device per process, and the reference after the pair: XLA's CPU client runs an
+  # in-process collective on a thread per device, and on a 2-core CI machine shared with other
+  # multi-device tests those threads starved (a rendezvous abort, then a 400 s hang). Across
+  # processes the collectives go through gloo; fsdp=2 still splits parameters over the hosts.
+  for count, devices, name in ((2, 1, "two"), (1, 2, "one")):
+    for p in launch(count, devices, tmp_path / name):
+      out, _ = p.communicate(timeout=600)
+      assert p.returncode == 0, out[-3000:]
   two, one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
   assert sorted(k for k in two if k != "eval") == list(range(1, 13))
   for k, v in one.items():

@@ -315,13 +315,11 @@ SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_tpu_kernels_per_batch_shard_on_a_cpu_mesh_match_one_device():
+def test_tpu_kernels_per_batch_shard_on_a_cpu_mesh_match_one_device(cpu_devices_env):
   # Interpret mode on fake CPU devices: the same shard_map wrapping as on a TPU mesh. Every
   # input has gradients (the per-head ones psum-ed across shards: without the psum they would
   # be one shard's share, far from the single-device value).
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env,
+  out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=cpu_devices_env(8),
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads(out.stdout.strip().splitlines()[-1])
