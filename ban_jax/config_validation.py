@@ -58,6 +58,10 @@ def validate(config: ml_collections.ConfigDict) -> models.ModelConfig:
   if not isinstance(profile_steps, int) or profile_steps < 0:
     raise UserError(f"train.profile_steps={profile_steps!r} must be a non-negative integer "
                     "(steps to trace; 0 for none).")
+  refresh = config.train.get("lock_refresh_s", 60.0)
+  if isinstance(refresh, bool) or not isinstance(refresh, (int, float)) or not refresh > 0:
+    raise UserError(f"train.lock_refresh_s={refresh!r} must be a positive number of seconds "
+                    "(how often a run refreshes its workdir lock).")
   if config.optimizer.warmup_steps >= config.train.steps:
     raise UserError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} must be smaller "
                     f"than train.steps={config.train.steps} (the schedule would never decay); "

@@ -17,6 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ban_jax import config_file
+from ban_jax.training import disk
 from ban_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -61,9 +62,17 @@ def _parse_flags(argv):
 
 
 class _DropLibraryInfo(std_logging.Filter):
-  """orbax logs each checkpoint step by step at INFO; keep its warnings, drop the chatter."""
+  """orbax logs each checkpoint step by step at INFO; keep its warnings, drop the chatter.
+
+  A full disk makes orbax's threads (and asyncio, for their unread futures) log the same
+  tensorstore error with a traceback, several times over; the run reports it once, as its
+  error line, so those records go.
+  """
 
   def filter(self, record):
+    if record.exc_info and record.exc_info[1] is not None:
+      if disk.errno_of(record.exc_info[1]) is not None:
+        return False
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 

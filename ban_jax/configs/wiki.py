@@ -135,6 +135,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # compiling again. One subfolder per backend and device count; not used by multi-process
   # runs. "" turns it off.
   c.train.compilation_cache_dir = "~/.cache/ban_jax/jax_compilation_cache"
+  # One run per workdir: the run holds workdir/ban_jax.lock and refreshes it this often (and at
+  # every log step and checkpoint); another run takes it over only when this one's process is
+  # gone or it went 3 intervals without a refresh (training/lock.py).
+  c.train.lock_refresh_s = 60.0
 
   # AdamW with linear warm-up and cosine decay, global-norm clipping.
   c.optimizer = ml_collections.ConfigDict()

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ban_jax.errors import UserError
+from ban_jax.training import disk
 from ban_jax.training import integrity
 
 
@@ -80,23 +81,35 @@ class Checkpointer:
     # orbax waits for the previous async save before starting a new one anyway; sealing it
     # here costs nothing more.
     self._seal()
-    saved = self._mngr.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        pending=ocp.args.JsonSave(list(pending))))
+    with disk.reporting(f"saving checkpoint step {step}", self._dir, before=step,
+                        path=os.path.join(self._dir, str(step))):
+      saved = self._mngr.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          pending=ocp.args.JsonSave(list(pending))))
     if saved:
       self._unsealed.append(step)
     return saved
 
   def _seal(self):
-    """Waits for in-flight saves, then writes the manifest of each step they committed."""
-    self._mngr.wait_until_finished()
+    """Waits for in-flight saves, then writes the manifest of each step they committed.
+
+    A save that failed in the background (a full disk) raises here, as a DiskError; orbax
+    never committed it (its folder keeps orbax's temporary suffix), so no resume trusts it.
+    """
+    unsealed, self._unsealed = self._unsealed, []
+    if unsealed:
+      with disk.reporting(f"saving checkpoint step {unsealed[-1]}", self._dir,
+                          path=os.path.join(self._dir, str(unsealed[-1])),
+                          before=unsealed[0]):
+        self._mngr.wait_until_finished()
     if jax.process_index() == 0:
-      for step in self._unsealed:
+      for step in unsealed:
         path = os.path.join(self._dir, str(step))
         if os.path.isdir(path):  # else already dropped by max_to_keep
-          integrity.write_manifest(path)
-    self._unsealed = []
+          with disk.reporting(f"sealing checkpoint step {step}", self._dir,
+                              path=os.path.join(path, integrity.MANIFEST)):
+            integrity.write_manifest(path)
 
   def restore(self, step: int, abstract_state, data_iterator):
     """(state, pending) of `step` in the shapes and shardings of `abstract_state`.
@@ -214,6 +227,7 @@ def read_params(directory: str, step: int | None = None) -> tuple[dict, int]:
       step = max(steps)
     elif step not in steps:
       raise UserError(f"{directory} has no checkpoint of step {step}; it has {sorted(steps)}.")
+    integrity.check_version(os.path.join(directory, str(step)))
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     except Exception as e:  # orbax reports unreadable files in several types

@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 
+from ban_jax import formats
+
 MANIFEST = "ban_jax_manifest.json"
 
 
@@ -33,28 +35,54 @@ def _files(step_dir: str) -> list[str]:
 
 
 def write_manifest(step_dir: str):
-  """Records {relative path: [size, sha256]} of a committed step (atomically)."""
+  """Records {relative path: [size, sha256]} of a committed step and its format version
+  (atomically: on a failed write, e.g. a full disk, no partial manifest stays behind)."""
   files = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
                  _sha256(os.path.join(step_dir, rel))] for rel in _files(step_dir)}
   path = os.path.join(step_dir, MANIFEST)
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump({"version": 1, "files": files}, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      # "version" is the checkpoint's format (the train-state tree), not only the manifest's.
+      json.dump({"version": formats.CHECKPOINT, "files": files}, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def check_version(step_dir: str):
+  """Refuses a step written in a checkpoint format this ban_jax does not read (a UserError,
+  not corruption: the step is sound, only not for this release). A step without a manifest,
+  or with an unreadable one, passes here: `verify` judges those."""
+  path = os.path.join(step_dir, MANIFEST)
+  try:
+    with open(path) as f:
+      version = json.load(f).get("version", 1)
+  except (OSError, ValueError, AttributeError):
+    return
+  formats.check("checkpoint", version, path)
 
 
 def verify(step_dir: str) -> str | None:
   """The reason `step_dir` fails its manifest, or None (also when it has none: older runs, or a
-  crash between the commit and the manifest; restoring is then the only check)."""
+  crash between the commit and the manifest; restoring is then the only check).
+
+  Raises:
+    UserError: the step is in a format this ban_jax does not read (`check_version`).
+  """
   path = os.path.join(step_dir, MANIFEST)
   if not os.path.exists(path):
     return None
+  check_version(step_dir)
   try:
     with open(path) as f:
       files = json.load(f)["files"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    files = {rel: (int(size), str(digest)) for rel, (size, digest) in files.items()}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     return f"its manifest is unreadable ({type(e).__name__})"
   for rel, (size, digest) in sorted(files.items()):
     full = os.path.join(step_dir, rel)

@@ -13,10 +13,12 @@ from ban_jax.inference import generate
 from ban_jax.parallel import mesh as mesh_lib
 from ban_jax.training import budget
 from ban_jax.training import checkpoints
+from ban_jax.training import disk
 from ban_jax.training import divergence
 from ban_jax.training import evaluate
 from ban_jax.training import kernel_check
 from ban_jax.training import live_views
+from ban_jax.training import lock as lock_lib
 from ban_jax.training import preemption
 from ban_jax.training import queue as queue_lib
 from ban_jax.training import selection
@@ -45,7 +47,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      token_bytes=jnp.asarray(data.tokenizer.token_bytes, jnp.float32),
                      model_config=model_config)
   workdir_lib.prepare(workdir)
+  # The lock outermost: it is given back only after the checkpoints and metrics are closed.
+  with (lock_lib.hold(workdir, refresh_s=config.train.get("lock_refresh_s", 60.0)) as lock,
+        disk.reporting("writing to the workdir", os.path.join(workdir, "checkpoints"))):
+    return _train(config, workdir, mesh=mesh, data=data, strategy=strategy, plan=plan,
+                  lock=lock)
 
+
+def _train(config, workdir, *, mesh, data, strategy, plan, lock) -> dict[str, float]:
+  """The run itself, in a workdir this process holds."""
+  total_steps = config.train.steps
+  steps_per_epoch = data.train.steps_per_epoch
   ckpt = checkpoints.Checkpointer(
       os.path.join(workdir, "checkpoints"), every_steps=config.checkpoint.every_steps,
       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
@@ -137,8 +149,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         final.update(run_eval(done))
         eval_seconds += time.perf_counter() - eval_start
       # Only verified states reach here: every checkpoint holds finite parameters.
-      ckpt.save(done, state, data_iter, pending=guard.unlogged(),
-                force=done == total_steps or stopping)
+      saved = ckpt.save(done, state, data_iter, pending=guard.unlogged(),
+                        force=done == total_steps or stopping)
+      if log_due or saved:
+        lock.refresh(done)  # stops here if another run took the workdir
       step = done
       if stopping:
         preempted = stop.signal_name

@@ -9,6 +9,7 @@ import flax
 import jax
 import ml_collections
 
+from ban_jax import formats
 from ban_jax.errors import UserError
 from ban_jax.training import plots
 from ban_jax.training import writers
@@ -96,6 +97,7 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
   if not isinstance(saved, dict):
     raise UserError(f"{path} is not a config (a JSON object); restore it or use a fresh "
                     "--workdir.")
+  saved = formats.read("workdir", saved, path)
   mine = _without(config.to_dict(), FREE_KEYS)
   saved = _without(saved, FREE_KEYS)
   for key in RESUME_KEYS:
@@ -118,24 +120,35 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
 def write_json(path: str, obj):
   """Writes through a temporary file, so a reader never sees half a file."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # a failed write (a full disk) leaves nothing behind
+      os.remove(tmp)
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict):
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    write_json(os.path.join(workdir, "config.json"), formats.stamp("workdir", config.to_dict()))
 
 
 @contextlib.contextmanager
 def closing_on_error(writer, ckpt):
-  """On an exception, flush the metrics and let an in-flight async checkpoint finish."""
+  """On an exception, flush the metrics and let an in-flight async checkpoint finish.
+
+  A failure while closing (the disk that stopped the run is still full) is logged, so that the
+  error that stopped the run is the one reported.
+  """
   try:
     yield
   except BaseException:
-    writer.close()
-    ckpt.close()
+    for close in (writer.close, ckpt.close):
+      try:
+        close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("while stopping: %s", str(e).splitlines()[0] if str(e) else repr(e))
     raise
 
 

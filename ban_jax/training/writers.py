@@ -13,6 +13,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from ban_jax.training import disk
+
 
 class MetricWriter:
   """Scalars and texts to `workdir/tensorboard/` and `workdir/metrics.jsonl` (process 0 only)."""
@@ -22,6 +24,8 @@ class MetricWriter:
     kill, a preemption or a rollback) are dropped, so every logged step has one record."""
     self._enabled = jax.process_index() == 0
     self._workdir = workdir
+    self._path = os.path.join(workdir, "metrics.jsonl")
+    self._checkpoints = os.path.join(workdir, "checkpoints")
     self._tb = None
     self._jsonl = None
     if self._enabled:
@@ -34,8 +38,9 @@ class MetricWriter:
     # Event files are append-only; purge_step makes TensorBoard hide the older files' events at
     # steps >= it.
     self._tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if earlier else None)
-    truncate_metrics(self._workdir, start_step)
-    self._jsonl = open(os.path.join(self._workdir, "metrics.jsonl"), "a", buffering=1)
+    with disk.reporting("rewriting the metrics", self._checkpoints, path=self._path):
+      truncate_metrics(self._workdir, start_step)
+      self._jsonl = open(self._path, "a", buffering=1)
 
   def rewind(self, step: int):
     """Back to `step` (after a rollback): drops the records past it and reopens."""
@@ -49,7 +54,10 @@ class MetricWriter:
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    # A line cut short by a full disk is skipped by every reader, and dropped on resume.
+    with disk.reporting(f"writing the metrics of step {step}", self._checkpoints,
+                        path=self._path):
+      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
 
   def write_histogram(self, step: int, tag: str, values):
     values = np.asarray(values, np.float64)
@@ -73,7 +81,8 @@ class MetricWriter:
   def close(self):
     if self._enabled:
       self._tb.close()
-      self._jsonl.close()
+      with disk.reporting("writing the metrics", self._checkpoints, path=self._path):
+        self._jsonl.close()
 
 
 def _records(path: str) -> list[dict]:
@@ -95,9 +104,13 @@ def truncate_metrics(workdir: str, step: int):
     return
   kept = [r for r in _records(path) if r.get("step", 0) <= step]
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def read_metrics(workdir: str) -> list[dict]:
