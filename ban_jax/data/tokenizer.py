@@ -70,13 +70,20 @@ class SentencePieceTokenizer:
     if not os.path.exists(model_path):
       raise UserError(f"SentencePiece model {model_path} does not exist; train one with "
                       "ban_jax.data.tokenizer.train_sentencepiece or set data.tokenizer='bytes'.")
-    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+      # A damaged file can fail to parse, or parse into pieces that are not UTF-8.
+      self._sp = spm.SentencePieceProcessor(model_file=model_path)
+      self.vocab_size = self._sp.get_piece_size()
+      self._piece_bytes = [self._piece_bytes_of(i) for i in range(self.vocab_size)]
+    except (RuntimeError, OSError, ValueError, TypeError, IndexError) as e:
+      reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise UserError(f"SentencePiece model {model_path} is unreadable ({reason}): the file is "
+                      "damaged or not a SentencePiece model; copy it again or retrain it with "
+                      "ban_jax.data.tokenizer.train_sentencepiece.") from None
     if self._sp.bos_id() < 0 or self._sp.eos_id() < 0:
       raise UserError(f"SentencePiece model {model_path} has no BOS or EOS piece, which frame "
                       "every document; train it with ban_jax.data.tokenizer.train_sentencepiece.")
-    self.vocab_size = self._sp.get_piece_size()
     self.name = f"spm{self.vocab_size}-{os.path.getsize(model_path)}"
-    self._piece_bytes = [self._piece_bytes_of(i) for i in range(self.vocab_size)]
     self.token_bytes = np.array([len(b) for b in self._piece_bytes], np.int32)
 
   @property

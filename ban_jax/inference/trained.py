@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ban_jax import config_validation
+from ban_jax import formats
 from ban_jax import models
 from ban_jax.data import sources
 from ban_jax.errors import UserError
@@ -35,12 +36,27 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      saved = json.load(f)
   except FileNotFoundError:
     raise UserError(f"{path} does not exist: {workdir} is not the workdir of a run "
                     "(python -m ban_jax.main writes config.json there first).") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path} is not valid JSON ({e}); it was cut short or edited by hand.") from e
+  except (ValueError, UnicodeDecodeError, RecursionError) as e:
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise UserError(f"{path} is not valid JSON ({reason}); it was cut short or edited by "
+                    "hand.") from None
+  if not isinstance(saved, dict):
+    raise UserError(f"{path} is not a config (a JSON object); restore it or retrain.")
+  saved = formats.read("workdir", saved, path)
+  try:
+    return ml_collections.ConfigDict(saved)
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    raise UserError(f"{path} is not a config ({type(e).__name__}: {_first(e)}); restore it "
+                    "or retrain.") from None
+
+
+def _first(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:200] if text else ""
 
 
 def _override(config, overrides):
@@ -83,7 +99,8 @@ def export(run: "TrainedRun", folder: str):
   with open(os.path.join(tmp, EXPORTED_PARAMS), "wb") as f:
     f.write(flax.serialization.msgpack_serialize(jax.device_get(run.params)))
   with open(os.path.join(tmp, "config.json"), "w") as f:
-    json.dump(run.config.to_dict(), f, indent=2, sort_keys=True, default=str)
+    json.dump(formats.stamp("workdir", run.config.to_dict()), f, indent=2, sort_keys=True,
+              default=str)
   shutil.rmtree(folder, ignore_errors=True)
   os.replace(tmp, folder)
 
@@ -103,10 +120,16 @@ def load(workdir: str, *, step: int | None = None,
   """
   workdir = os.path.abspath(workdir)
   config = read_config(workdir)
-  _override(config, overrides)
-  model_config = config_validation.validate(config)
-  tokenizer = sources.make_tokenizer(config.data)
-  model = models.get_model(model_config, tokenizer.vocab_size)
+  try:
+    _override(config, overrides)
+    model_config = config_validation.validate(config)
+    tokenizer = sources.make_tokenizer(config.data)
+    model = models.get_model(model_config, tokenizer.vocab_size)
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    # A config.json edited by hand or damaged: a field of the wrong type or shape.
+    raise UserError(f"{os.path.join(workdir, 'config.json')} does not describe a model this "
+                    f"ban_jax builds ({type(e).__name__}: {_first(e)}); restore it or "
+                    "retrain.") from None
   params, step = _read_params(workdir, step)
   tokens = jnp.zeros([1, config.data.seq_len], jnp.int32)
   expected = jax.eval_shape(lambda: model.init(

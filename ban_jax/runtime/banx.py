@@ -117,9 +117,16 @@ def read_header(path: str) -> dict:
         raise BanxError(f"{path} is not a .banx model file (it does not start with BANX); "
                         "write one with python -m ban_jax.export --workdir=RUN --out=FILE.")
       _, version, length = _PREFIX.unpack(prefix)
-      if version != VERSION:
-        raise BanxError(f"{path} is .banx version {version}; this runtime reads version "
-                        f"{VERSION}. Export the run again with this checkout.")
+      if version > VERSION:
+        raise BanxError(f"{path} is .banx version {version}, newer than this ban_jax reads "
+                        f"(version {VERSION}): upgrade ban_jax (pip install -U ban_jax, or "
+                        "pull the checkout).")
+      if version < VERSION:
+        raise BanxError(f"{path} is .banx version {version}, older than this ban_jax reads "
+                        f"(version {VERSION}): export the run again with this version.")
+      if length > size - _PREFIX.size:
+        raise BanxError(f"{path} says its header is {length} bytes, more than the file holds: "
+                        "the file was cut short or damaged; copy or export it again.")
       text = f.read(length)
   except IsADirectoryError:
     raise BanxError(f"--model={path} is a folder; pass the .banx file that "
@@ -131,13 +138,16 @@ def read_header(path: str) -> dict:
     raise BanxError(f"{path} cannot be read ({e}); check its permissions.") from e
   try:
     header = json.loads(text.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise BanxError(f"{path} has a damaged header ({e}); export the run again.") from e
-  if header.get("file_size") != size:
-    raise BanxError(f"{path} is {size} bytes but its header says {header.get('file_size')}: "
+  except (UnicodeDecodeError, ValueError, RecursionError) as e:
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise BanxError(f"{path} has a damaged header ({reason}); export the run again.") from None
+  if isinstance(header, dict) and header.get("file_size") != size:
+    raise BanxError(f"{path} is {size} bytes but its header says {header.get('file_size')!r}: "
                     "the file was cut short or changed (an unfinished copy?); copy or export "
                     "it again.")
-  return header
+  from . import checks  # pylint: disable=g-import-not-at-top
+  return checks.header(header, size=size, path=path,
+                       data_start=_aligned(_PREFIX.size + length))
 
 
 class Weights:
@@ -154,11 +164,12 @@ class Weights:
     for name, e in header["tensors"].items():
       array = self._map(e["dtype"], e["shape"], e["offset"])
       scale = None
-      if e["scale"] is not None:
+      if e.get("scale") is not None:
         scale = self._map("float32", e["scale"]["shape"], e["scale"]["offset"])
       self._arrays[name] = (array, scale)
 
   def _map(self, dtype, shape, offset):
+    # dtype, shape and offset were checked against the file by `read_header` (checks.header).
     if not shape or 0 in shape:
       return np.zeros(shape, dtype)
     return np.memmap(self.path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r",

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import banx
 from . import cache as cache_lib
+from . import checks
 from . import layers
 
 KINDS = ("ban", "transformer")
@@ -46,13 +47,14 @@ class Model:
         raise ValueError(f"{name}={value!r} is not one of {OFFLOAD}.")
     self.path = path
     self.header = banx.read_header(path)
-    cfg = self.header["model"]
-    self.kind = cfg.get("kind")
+    cfg = self.header.get("model")
+    self.kind = cfg.get("kind") if isinstance(cfg, dict) else None
     if self.kind not in KINDS:
       raise banx.BanxError(f"{path} holds a model of kind {self.kind!r}; the runtime runs "
                            f"{KINDS}.")
+    checks.model(self.header, path)
     attention = cfg["attention"]
-    if attention["tagging"] and attention["tagging_source"] != "hidden":
+    if attention["tagging"] and attention.get("tagging_source", "hidden") != "hidden":
       raise banx.BanxError(f"{path} tags keys by surprisal (tagging_source="
                            f"{attention['tagging_source']!r}), which needs a second reading "
                            "pass the runtime does not have; run it with python -m "
@@ -68,9 +70,9 @@ class Model:
         if name.endswith("attractor/branches/kernel"):
           self.weights.load_into_memory(name)
     heads = attention["num_heads"]
-    self.kv_heads = attention["num_kv_heads"] or heads
-    self.head_dim = attention["head_dim"] or cfg["width"] // heads
-    self._attention = dict(attention, head_dim=self.head_dim)
+    self.kv_heads = attention.get("num_kv_heads") or heads
+    self.head_dim = attention.get("head_dim") or cfg["width"] // heads
+    self._attention = dict(attention, head_dim=self.head_dim, num_kv_heads=self.kv_heads)
     self._layer = "layer_{}" if self.kind == "ban" else "block_{}"
 
   def _scoped(self, prefix: str):
@@ -93,6 +95,12 @@ class Model:
     Returns:
       float32 [L, vocab].
     """
+    # Non-finite values are part of the computation (masked scores are -inf, a key mass can
+    # underflow to 0 before its log); NumPy's warnings about them would only be noise.
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+      return self._forward(tokens, positions, caches, spec, surprisal)
+
+  def _forward(self, tokens, positions, caches, spec, surprisal):
     cfg = self.config
     x = self.weights.get("embed/embedding")[tokens]
     ban = self.kind == "ban"

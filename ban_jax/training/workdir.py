@@ -104,6 +104,9 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
     block, _, field = key.partition(".")
     a, b = saved.get(block, {}), mine.get(block, {})
     if field:
+      if not isinstance(a, dict):
+        raise UserError(f"{path} has {block}={a!r:.80}, not a block of settings; restore it or "
+                        "use a fresh --workdir.")
       a, b = a.get(field), b.get(field)
     diff = _differences(a, b, key + ".")
     if diff:
@@ -111,10 +114,11 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict):
       raise UserError(f"{workdir} holds a run trained with {name}={theirs!r}, but this config "
                       f"has {name}={ours!r}; resume with the same settings or use a fresh "
                       "--workdir.")
-  if saved.get("train", {}).get("steps") != config.train.steps:
+  steps = saved.get("train", {}).get("steps") if isinstance(saved.get("train"), dict) else None
+  if steps != config.train.steps:
     logging.warning("resuming with train.steps=%d (was %s): the learning-rate schedule changes "
                     "from here on, so this is a continuation, not an exact resume.",
-                    config.train.steps, saved.get("train", {}).get("steps"))
+                    config.train.steps, steps)
 
 
 def write_json(path: str, obj):

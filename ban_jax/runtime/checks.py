@@ -1,0 +1,199 @@
+"""What a `.banx` header must say before anything in the file is mapped or computed.
+
+A `.banx` file is meant to be copied around and shared, so its header is untrusted input: a
+mutated dtype string reached NumPy (a traceback, or with "object" a segmentation fault), a huge
+shape or offset reached `np.memmap`. Every field the runtime reads is checked here against the
+format (types, ranges, dtypes from an allow-list) and the file (every tensor inside it), and
+every tensor the model config implies must be present with exactly the shape the config gives.
+A file that passes reads only inside itself, and its arrays are bounded by its size; the
+caches the runtime allocates are bounded by `MAX_SEQ_LEN` and the user's `--kv_budget`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import banx
+
+MAX_NDIM = 8
+MAX_NAME = 512
+MAX_SEQ_LEN = 1 << 20     # the default cache budget is the training length: bound its memory
+MAX_DIM = 1 << 24         # widths, heads, vocabulary: far beyond any model a file can hold
+MAX_STEPS = 10_000        # attractor iterations per token
+FLOAT32_MAX = 3.4e38
+ATTENTION_KINDS = ("dot", "gravity", "inverse_square")
+POSITIONAL = ("rope", "power_law", "alibi", "none")
+ROUTING = ("scale", "straight_through")
+_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1}
+
+
+class _Bad(Exception):
+  pass
+
+
+def _int(value, what, lo=1, hi=MAX_DIM) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    raise _Bad(f"{what}={value!r} is not an integer in [{lo}, {hi}]")
+  return value
+
+
+def _float(value, what, positive=False) -> float:
+  """A number the runtime uses as float32: finite there too."""
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not math.isfinite(value) or abs(value) > FLOAT32_MAX):
+    raise _Bad(f"{what}={value!r} is not a finite float32 number")
+  if positive and value <= 0:
+    raise _Bad(f"{what}={value!r} is not positive")
+  return float(value)
+
+
+def _choice(value, what, choices):
+  if not isinstance(value, str) or value not in choices:
+    raise _Bad(f"{what}={value!r} is not one of {choices}")
+  return value
+
+
+def _dict(value, what) -> dict:
+  if not isinstance(value, dict):
+    raise _Bad(f"{what} is not a JSON object")
+  return value
+
+
+def _fail(path, reason):
+  raise banx.BanxError(f"{path} has a damaged or foreign header ({reason}); copy the file again "
+                       "or export the run again with python -m ban_jax.export.") from None
+
+
+def _block(e, what, data_start, size, dtype=None) -> tuple[str, tuple, int]:
+  """(dtype, shape, bytes) of one stored array, checked to lie inside the data section."""
+  e = _dict(e, what)
+  dtype = _choice(e.get("dtype", dtype), f"{what} dtype", tuple(_ITEMSIZE))
+  shape = e.get("shape")
+  if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+    raise _Bad(f"{what} shape {shape!r} is not a list of at most {MAX_NDIM} sizes")
+  shape = tuple(_int(n, f"{what} shape", lo=0, hi=size) for n in shape)
+  nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+  offset = _int(e.get("offset"), f"{what} offset", lo=data_start, hi=size)
+  if offset % banx.ALIGN:
+    raise _Bad(f"{what} offset {offset} is not {banx.ALIGN}-byte aligned")
+  if offset + nbytes > size:
+    raise _Bad(f"{what} ({nbytes} bytes at {offset}) runs past the end of the "
+               f"{size}-byte file")
+  return dtype, shape, nbytes
+
+
+def header(head, *, size: int, data_start: int, path: str) -> dict:
+  """Checks the fields of a parsed header against the format and the file; returns it."""
+  try:
+    head = _dict(head, "the header")
+    _int(head.get("file_size"), "file_size", lo=0, hi=1 << 62)
+    tensors = _dict(head.get("tensors"), "tensors")
+    for name, e in tensors.items():
+      if len(name) > MAX_NAME:
+        raise _Bad(f"a tensor name is {len(name)} characters long")
+      dtype, shape, _ = _block(e, f"tensor {name}", data_start, size)
+      scale = e.get("scale")
+      if (scale is None) != (dtype != "int8"):
+        raise _Bad(f"tensor {name} is {dtype} {'without' if scale is None else 'with'} scales")
+      if scale is not None:
+        _, scale_shape, _ = _block(scale, f"scales of {name}", data_start, size, "float32")
+        if _dict(scale, "").get("dtype", "float32") != "float32":
+          raise _Bad(f"the scales of {name} are not float32")
+        if len(scale_shape) != len(shape) or any(
+            s < 1 or (s != 1 and n % s) for n, s in zip(shape, scale_shape)):
+          raise _Bad(f"the scales of {name} {list(scale_shape)} do not fit its shape "
+                     f"{list(shape)}")
+  except _Bad as e:
+    _fail(path, e)
+  return head
+
+
+def _expected(cfg: dict, vocab: int) -> dict[str, tuple]:
+  """{tensor name: shape} of every weight the runtime reads for this model config."""
+  kind = _choice(cfg.get("kind"), "model kind", ("ban", "transformer"))
+  width = _int(cfg.get("width"), "model width")
+  depth = _int(cfg.get("depth"), "model depth", hi=4096)
+  att = _dict(cfg.get("attention"), "model attention")
+  heads = _int(att.get("num_heads"), "num_heads")
+  kv = _int(att.get("num_kv_heads") or heads, "num_kv_heads")
+  if heads % kv:
+    raise _Bad(f"num_heads={heads} is not a multiple of num_kv_heads={kv}")
+  head_dim = _int(att.get("head_dim") or width // heads, "head_dim")
+  score = _choice(att.get("kind"), "attention kind", ATTENTION_KINDS)
+  positional = _choice(att.get("positional"), "positional", POSITIONAL)
+  if not isinstance(att.get("tagging"), bool):
+    raise _Bad(f"tagging={att.get('tagging')!r} is not true or false")
+  _float(att.get("eps"), "eps", positive=True)
+  if positional == "rope":
+    _float(att.get("rope_max_wavelength"), "rope_max_wavelength", positive=True)
+  ban = kind == "ban"
+  prefix, name = ("layer_{}/attention", "layer_{}/attention_norm") if ban else (
+      "block_{}/attn", "block_{}/attn_norm")
+  per_layer = {
+      f"{prefix}/query/kernel": (width, heads, head_dim),
+      f"{prefix}/key/kernel": (width, kv, head_dim),
+      f"{prefix}/value/kernel": (width, kv, head_dim),
+      f"{prefix}/out/kernel": (heads, head_dim, width),
+      f"{name}/scale": (width,),
+  }
+  if att["tagging"]:
+    per_layer[f"{prefix}/tagging/mass/kernel"] = (width, 1)
+    per_layer[f"{prefix}/tagging/mass/bias"] = (1,)
+  if score == "gravity":
+    per_layer[f"{prefix}/gravity_mass_log"] = (heads,)
+  if positional == "power_law":
+    per_layer[f"{prefix}/power_law/power"] = (heads,)
+    per_layer[f"{prefix}/power_law/scale"] = (heads,)
+  if ban:
+    a = _dict(cfg.get("attractor"), "model attractor")
+    branches = _int(a.get("num_branches"), "num_branches", hi=4096)
+    d = _int(a.get("branch_width") or width, "branch_width")
+    _int(a.get("steps"), "attractor steps", lo=0, hi=MAX_STEPS)
+    for field in ("alpha", "gamma", "threshold", "cap"):
+      _float(a.get(field), f"attractor {field}")
+    _choice(a.get("routing"), "routing", ROUTING)
+    at = "layer_{}/attractor"
+    per_layer.update({
+        f"{at}/branches/kernel": (branches, width, d), f"{at}/branches/bias": (branches, d),
+        f"{at}/salience/vector": (d,), f"{at}/salience/bias": (branches,),
+        f"{at}/attractor/w": (d, d), f"{at}/out/kernel": (d, width),
+        "layer_{}/attractor_norm/scale": (width,)})
+    if branches > 1:
+      per_layer[f"{at}/gate/proj/kernel"] = (d, d)
+  else:
+    mlp = _int(cfg.get("mlp_dim"), "mlp_dim")
+    per_layer.update({"block_{}/mlp/up/kernel": (width, mlp),
+                      "block_{}/mlp/down/kernel": (mlp, width),
+                      "block_{}/mlp_norm/scale": (width,)})
+  out = {"embed/embedding": (vocab, width), "final_norm/scale": (width,)}
+  if ban and not cfg.get("tie_embeddings", True):
+    out["logits/kernel"] = (width, vocab)
+  for i in range(depth):
+    out.update({k.format(i): v for k, v in per_layer.items()})
+  return out
+
+
+def model(head: dict, path: str):
+  """Checks the model config, the vocabulary, the tokenizer and every tensor's shape."""
+  try:
+    cfg = _dict(head.get("model"), "model")
+    vocab = _int(head.get("vocab_size"), "vocab_size")
+    _int(head.get("seq_len"), "seq_len", hi=MAX_SEQ_LEN)
+    tok = _dict(head.get("tokenizer"), "tokenizer")
+    if tok.get("kind") == "bytes":
+      specials = _int(tok.get("specials"), "tokenizer specials", lo=0)
+      if specials + 256 > vocab:
+        raise _Bad(f"byte tokens need {specials + 256} ids, the vocabulary has {vocab}")
+      for field in ("bos_id", "eos_id"):
+        _int(tok.get(field), f"tokenizer {field}", lo=0, hi=vocab - 1)
+      if tok.get("vocab_size") != vocab:
+        raise _Bad(f"the tokenizer's vocab_size {tok.get('vocab_size')!r} is not {vocab}")
+    tensors = head["tensors"]
+    for name, shape in _expected(cfg, vocab).items():
+      if name not in tensors:
+        raise _Bad(f"tensor {name} is missing")
+      if tuple(tensors[name]["shape"]) != shape:
+        raise _Bad(f"tensor {name} is {tensors[name]['shape']}, the model config gives "
+                   f"{list(shape)}")
+  except _Bad as e:
+    _fail(path, e)
