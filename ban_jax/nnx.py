@@ -81,11 +81,11 @@ class GravityAttentionFn(nnx.Module):
     Returns:
       [batch..., q_len, heads, v_dim].
     """
-    heads = self.gravity_mass_log.value.shape[0]
+    heads = self.gravity_mass_log.get_value().shape[0]
     if query.shape[-2] != heads:
       raise ValueError(f"query has {query.shape[-2]} heads but this GravityAttentionFn was "
                        f"built with num_heads={heads}; build it with the layer's num_heads.")
-    mass = jax.nn.softplus(self.gravity_mass_log.value) if self.score == "gravity" else None
+    mass = jax.nn.softplus(self.gravity_mass_log.get_value()) if self.score == "gravity" else None
     return attention_fns.gravity_attention_fn(
         query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
         dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
@@ -118,7 +118,7 @@ class Linen(nnx.Module):
 
   def linen_params(self):
     """The parameters as the plain array tree `module.apply({"params": ...})` takes."""
-    return jax.tree.map(lambda p: p.value, self.params,
+    return jax.tree.map(lambda p: p.get_value(), self.params,
                         is_leaf=lambda x: isinstance(x, nnx.Variable))
 
   def __call__(self, *args, return_losses: bool = False, **kwargs):

@@ -67,12 +67,20 @@ def gravity_attention_fn(query, key, value, bias=None, mask=None, broadcast_drop
     implementation: as in `ban_jax.ops.gravity.gravity_attention`; not used by the weights path.
 
   Returns:
-    [batch..., q_len, heads, v_dim].
+    [batch..., q_len, heads, v_dim]. A query whose row is fully masked (it may attend to no
+    key) gets zeros, with zero gradients; flax's `dot_product_attention` gives it the uniform
+    average of the values instead. Masking every key of a real query is usually a bug; with
+    padding queries, zeros are what the loss mask expects.
+
+  Derivatives: grad, jvp of grad, and (with an explicit mask) grad of grad; not pure forward
+  mode. docs/derivatives.md has the table per implementation.
 
   Raises:
     ValueError: for a custom einsum, a dropout rate outside [0, 1), or dropout without an rng.
+    TypeError: for the `GravityAttentionFn` class passed where an instance belongs.
   """
   del precision, force_fp32_for_softmax  # Honoured by construction (see Args).
+  _check_arrays(query, key, value)
   # Custom einsums (AQT quantisation) replace one q·k product; gravity logits are distances.
   einsums = {"einsum_dot_general": einsum_dot_general,
              "qk_attn_weights_einsum": qk_attn_weights_einsum,
@@ -120,6 +128,16 @@ def gravity_attention_fn(query, key, value, bias=None, mask=None, broadcast_drop
     out = gravity_ops.gravity_attention(*args, implementation=implementation, **kwargs)
   out = out.reshape(batch_dims + out.shape[1:])
   return out if dtype is None else out.astype(dtype)
+
+
+def _check_arrays(query, key, value):
+  """One clear error for the misuses that otherwise fail deep inside JAX or flax."""
+  for name, x in (("query", query), ("key", key), ("value", value)):
+    if isinstance(x, nn.Module) or not hasattr(x, "ndim"):
+      raise TypeError(
+          f"gravity attention got {type(x).__name__} as its {name}, not an array: pass "
+          "attention_fn=GravityAttentionFn() (an instance, called by flax with the arrays) or "
+          "attention_fn=gravity_attention_fn, not the class GravityAttentionFn.")
 
 
 def attention_dropout(weights, rng, rate: float, broadcast: bool, *, batch_ndim: int):
@@ -195,13 +213,40 @@ class GravityAttentionFn(nn.Module):
   causal: bool = False
   implementation: str = "auto"
 
-  @nn.compact
+  def __post_init__(self):
+    # flax calls attention_fn(query, key, value, ...): given the class itself, that builds a
+    # module whose fields are arrays, and fails later on an unrelated attribute.
+    if not isinstance(self.score, str):
+      raise TypeError("attention_fn=GravityAttentionFn was given the class; pass an instance, "
+                      "attention_fn=GravityAttentionFn(), so that flax calls it with the arrays.")
+    super().__post_init__()
+
   def __call__(self, query, key, value, bias=None, mask=None, broadcast_dropout=True,
                dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
                precision=None, module=None, *, force_fp32_for_softmax=False,
                einsum_dot_general=None, qk_attn_weights_einsum=None,
                attn_weights_value_einsum=None, promote_dtype=None, is_causal=False):
-    """Same arguments and result as `gravity_attention_fn` (and flax's attention_fn)."""
+    """Same arguments and result as `gravity_attention_fn` (and flax's attention_fn).
+
+    flax's layers read this signature to decide which arguments to pass: keep it explicit.
+    """
+    if self.scope is None:
+      raise TypeError("GravityAttentionFn is a linen module and was called unbound (inside an "
+                      "NNX layer?); in NNX use ban_jax.nnx.GravityAttentionFn(num_heads, "
+                      "rngs=...) for a learnable mass, or the function gravity_attention_fn.")
+    return self._attend(
+        query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate,
+        deterministic, dtype, precision, module, force_fp32_for_softmax=force_fp32_for_softmax,
+        einsum_dot_general=einsum_dot_general, qk_attn_weights_einsum=qk_attn_weights_einsum,
+        attn_weights_value_einsum=attn_weights_value_einsum, promote_dtype=promote_dtype,
+        is_causal=is_causal)
+
+  @nn.compact
+  def _attend(self, query, key, value, bias=None, mask=None, broadcast_dropout=True,
+              dropout_rng=None, dropout_rate=0.0, deterministic=False, dtype=None,
+              precision=None, module=None, *, force_fp32_for_softmax=False,
+              einsum_dot_general=None, qk_attn_weights_einsum=None,
+              attn_weights_value_einsum=None, promote_dtype=None, is_causal=False):
     mass = None
     if self.score == "gravity":
       raw = self.param("gravity_mass_log", nn.initializers.constant(self.mass_init),

@@ -149,8 +149,10 @@ def test_nnx_multi_head_attention_drop_in_matches_linen():
                                rngs=nnx.Rngs(0, dropout=1))
   a, b = mha(x, mask=mask, deterministic=False), mha(x, mask=mask, deterministic=False)
   assert not np.allclose(a, b)
-  mha(x, mask=mask, deterministic=True, sow_weights=True)
-  weights = nnx.state(mha, nnx.Intermediate)["attention_weights"].value[0]
+  # flax 0.12 collects sown values through nnx.capture (a bare sow is deprecated).
+  _, sown = nnx.capture(mha, nnx.Intermediate)(x, mask=mask, deterministic=True,
+                                               sow_weights=True)
+  weights = jax.tree.leaves(sown)[0]
   assert weights.shape == (2, 4, 10, 10)
   np.testing.assert_allclose(jnp.sum(weights, -1), 1.0, rtol=1e-5)
 
@@ -329,3 +331,33 @@ def test_lm1b_style_model_with_attention_dropout_trains_and_decodes_exactly():
                                          rngs={"dropout": key})
   assert not np.allclose(run(jax.random.key(2)), run(jax.random.key(3)), atol=1e-3)
   _decodes_exactly(model, params, tokens)
+
+
+# ------------------------------------------------------------------------------------------
+# Misuse by a Flax user: one error naming the fix.
+
+
+def test_the_class_instead_of_an_instance_names_the_fix():
+  x = jnp.ones((2, 8, 16))
+  layer = nn.MultiHeadDotProductAttention(num_heads=2,
+                                          attention_fn=attention_fn.GravityAttentionFn)
+  with pytest.raises(TypeError, match=r"pass an instance, attention_fn=GravityAttentionFn\(\)"):
+    layer.init(jax.random.key(0), x)
+
+
+def test_the_linen_module_inside_an_nnx_layer_names_the_nnx_one():
+  layer = nnx.MultiHeadAttention(num_heads=2, in_features=16, decode=False,
+                                 attention_fn=attention_fn.GravityAttentionFn(),
+                                 rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match=r"in NNX use ban_jax.nnx.GravityAttentionFn"):
+    layer(jnp.ones((2, 8, 16)))
+
+
+def test_a_fully_masked_row_returns_zeros_as_documented():
+  """flax's own attention returns the uniform average there; the docstring says we differ."""
+  q = jax.random.normal(jax.random.key(0), (1, 4, 2, 8))
+  mask = jnp.ones((1, 1, 4, 4), bool).at[:, :, 2, :].set(False)
+  out = attention_fn.gravity_attention_fn(q, q, q, mask=mask)
+  np.testing.assert_array_equal(out[:, 2], 0.0)
+  assert np.all(np.abs(np.asarray(out[:, 1])) > 0)
+  assert "fully masked" in attention_fn.gravity_attention_fn.__doc__

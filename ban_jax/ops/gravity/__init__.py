@@ -50,10 +50,15 @@ Positional fields are passed as parameters (`power_law`, `alibi_slopes`) and eva
 block from `positions`; a materialised `bias` (and `mask`) is accepted as the generic fallback,
 at O(q_len × k_len) memory.
 
-Limits: "xla" has a custom_vjp, so it supports reverse mode (grad, vjp) but not forward mode
-(jvp, jacfwd) or second derivatives; use "reference" for those. `eps`, `causal`, `score` and
-the block sizes are static (Python values).
+Derivatives (docs/derivatives.md, tested cell by cell): "xla" and "pallas" have their own
+backward pass (custom_vjp): grad and vjp work, and so does jvp of grad (forward-over-reverse);
+pure forward mode (jvp, jacfwd) does not, and raises a TypeError naming the ways out. Second
+reverse derivatives (grad of grad) work with an explicit mask, not with causal=True (its loops'
+bounds depend on the block); "reference" supports every mode. `eps`, `causal`, `score` and the
+block sizes are static (Python values).
 """
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -130,8 +135,25 @@ def gravity_attention(query, key, value, mass=None, *, eps: float = 0.1, causal:
     except ImportError as e:
       raise ImportError(f"implementation='pallas' cannot import the Pallas kernels ({e}); use "
                         "implementation='xla'.") from e
-    return pallas.gravity_attention_pallas(cfg, diff, aux, options=pallas_options)
-  return xla.blockwise(cfg, diff, aux)
+    with _forward_mode_hint(impl):
+      return pallas.gravity_attention_pallas(cfg, diff, aux, options=pallas_options)
+  with _forward_mode_hint(impl):
+    return xla.blockwise(cfg, diff, aux)
+
+
+@contextlib.contextmanager
+def _forward_mode_hint(impl: str):
+  """JAX's error for jax.jvp of a custom_vjp names no way out; this one does."""
+  try:
+    yield
+  except TypeError as e:
+    if "forward-mode autodiff" not in str(e):
+      raise
+    raise TypeError(
+        f"gravity_attention(implementation={impl!r}) has its own backward pass: it supports "
+        "jax.grad / jax.vjp / jax.jacrev and jax.jvp of a jax.grad, but not pure forward mode "
+        "(jax.jvp, jax.jacfwd, hessians by jacfwd(jacrev)); use jax.jacrev, or "
+        "implementation='reference' (O(q_len x k_len) memory) for forward mode.") from None
 
 
 def gravity_attention_decode(query, key_cache, value_cache, mass=None, *, index, eps=0.1,
