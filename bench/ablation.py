@@ -11,8 +11,10 @@ Arms (all on the bundled Wikipedia, byte tokens, one shared FLOPs budget per sca
   masses from each token's surprisal instead of a learned function of its hidden state),
   full_inverse_square (the full system with the inverse-square score instead of Gravity-2's).
 
-Each arm first sweeps the learning rate over three values at seed 0, then trains seeds 1 and 2
-at its best rate. Steps per arm = budget / (XLA's FLOPs of one train step, BAN attractor
+Each arm first sweeps the learning rate over three values at seed 0, extended by a factor 2
+past the grid's edge while the best rate sits on it (up to twice), then trains seeds 1 and 2
+at its best rate (1-5 for the arms that set a default, `FIVE_SEEDS`). The reported mean counts
+the seeds after 0, which chose the rate; seed 0 is shown beside it. Steps per arm = budget / (XLA's FLOPs of one train step, BAN attractor
 iterations included, x gradient evaluations per step); wells arms plan for an extra update in
 every step and record the extra updates they really took. Every run is the command line itself
 (`python -m ban_jax.main`) in its own workdir, so a run cut by the deadline resumes from its
@@ -52,7 +54,16 @@ ARMS = {
     "full_surprisal_tags": dict(FULL, model="ban", tagging_source="surprisal"),
     # The score the default should use: Gravity-2's, or its true inverse-square relative.
     "full_inverse_square": dict(FULL, model="ban", attention="inverse_square"),
+    # The shipped default's own leave-one-out (its score is inverse_square; the dot score in
+    # its place is "full-gravity", the same config).
+    "default-tagging": dict(FULL, model="ban", attention="inverse_square", tagging=False),
+    "default-power_law": dict(FULL, model="ban", attention="inverse_square", positional="rope"),
+    "default-wells": dict(FULL, model="ban", attention="inverse_square", wells="off"),
 }
+# Arms whose result sets a default: five counted seeds (1-5) besides the rate-choosing seed 0.
+FIVE_SEEDS = ("full_inverse_square", "full", "full-gravity", "default-tagging",
+              "default-power_law", "default-wells")
+MAX_EXTENSIONS = 2  # rates added past the grid's edge while the best rate sits on it
 
 
 def overrides(arm: str, scale: dict, **kw) -> dict:
@@ -121,21 +132,40 @@ def main(argv):
     return any(r["arm"] == arm and r["scale"] == scale_name and r["lr"] == lr
                and r["seed"] == seed for r in results["runs"])
 
-  def best_lr(arm):
-    sweep = [r for r in results["runs"] if r["arm"] == arm and r["scale"] == scale_name
-             and r["seed"] == 0]
-    if not set(scale["learning_rates"]) <= {r["lr"] for r in sweep}:
-      return None
-    return min(sweep, key=lambda r: r["val_bpb"])["lr"]   # diverged runs score inf
+  def next_rate(arm):
+    """The next rate of `arm`'s sweep at seed 0, or None when its best rate is interior."""
+    sweep = {r["lr"]: r["val_bpb"] for r in results["runs"]
+             if r["arm"] == arm and r["scale"] == scale_name and r["seed"] == 0}
+    missing = [lr for lr in scale["learning_rates"] if lr not in sweep]
+    if missing:
+      return missing[0]
+    return ablation_report.extension(sweep, scale["learning_rates"], MAX_EXTENSIONS)
 
-  # Sweeps first (every arm gets its best rate before any arm gets more seeds), then seeds.
-  plan = [(arm, lr, 0) for arm in arms for lr in scale["learning_rates"]]
-  plan += [(arm, None, seed) for seed in SEEDS[1:] for arm in arms]
+  def best_lr(arm):
+    if next_rate(arm) is not None:
+      return None
+    sweep = {r["lr"]: r["val_bpb"] for r in results["runs"]
+             if r["arm"] == arm and r["scale"] == scale_name and r["seed"] == 0}
+    return min(sweep, key=sweep.get)   # diverged runs score inf
+
+  def next_job():
+    # Sweeps first (every arm gets its best rate before any arm gets more seeds), then seeds
+    # in rounds, so that a deadline leaves every arm with as many seeds as the others.
+    for arm in arms:
+      lr = next_rate(arm)
+      if lr is not None:
+        return arm, lr, 0
+    for seed in range(1, 6):
+      for arm in arms:
+        wanted = 5 if arm in FIVE_SEEDS else len(SEEDS) - 1
+        lr = best_lr(arm)
+        if seed <= wanted and not done(arm, lr, seed):
+          return arm, lr, seed
+    return None
+
   walls = [r["wall_s"] for r in results["runs"] if r["scale"] == scale_name]
-  for arm, lr, seed in plan:
-    lr = lr if lr is not None else best_lr(arm)
-    if lr is None or done(arm, lr, seed):
-      continue
+  while (job := next_job()) is not None:
+    arm, lr, seed = job
     steps = steps_of(arm)
     if deadline is not None and walls and time.time() + min(walls) > deadline:
       print("[ablation] deadline: no time for another run; --resume continues", flush=True)

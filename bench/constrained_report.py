@@ -33,8 +33,8 @@ def lines(results) -> list[str]:
          "Written by `python bench/constrained.py --report_only` from "
          "`bench/results/constrained.json`. Measured on this 2-core machine, shared with other "
          f"work (load average {m.get('load_average_start', ['?'])[0]:.1f} at the start, "
-         f"{m['load_average_end'][0]:.1f} at the " if "load_average_end" in m else "? at the "
-         "end), each point its own process pinned to one core (`os.sched_setaffinity`, BLAS "
+         + (f"{m['load_average_end'][0]:.1f}" if "load_average_end" in m else "?") +
+         " at the end), each point its own process pinned to one core (`os.sched_setaffinity`, BLAS "
          f"threads 1), NumPy {m.get('numpy', '?')}: the fastest of {m.get('repeats', '?')} "
          "processes, so tokens/s are what one busy core gave, not a device's figure. Peak "
          "resident memory is the kernel's VmHWM of that process; it counts file pages of the "

@@ -12,6 +12,9 @@ import numpy as np
 import optax
 import pytest
 
+# A deprecated call made by ban_jax's own code (e.g. reading an nnx.Variable by .value) fails.
+pytestmark = pytest.mark.filterwarnings("error::DeprecationWarning:ban_jax")
+
 from ban_jax import nnx as ban_nnx
 from ban_jax.layers import attention
 from ban_jax.layers import attention_fn

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ban_jax import config_validation
 from ban_jax import formats
@@ -52,6 +53,30 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     raise UserError(f"{path} is not a config ({type(e).__name__}: {_first(e)}); restore it "
                     "or retrain.") from None
+
+
+# A config.json with larger sizes is damaged: no run of this project nears them, and tracing
+# the model's shapes for them takes hours (layers, unrolled steps) or aborts (a length).
+MAX_SEQ_LEN = 1 << 20       # as a .banx file's (ban_jax.runtime.checks)
+MAX_ATTRACTOR_STEPS = 10_000
+
+
+def _check_sizes(config, model_config, params, workdir, own_length):
+  path = os.path.join(workdir, "config.json")
+  if config.data.seq_len > MAX_SEQ_LEN and not own_length:
+    raise UserError(f"{path} says data.seq_len={config.data.seq_len}, more than "
+                    f"{MAX_SEQ_LEN} tokens: the file is damaged; restore it or retrain.")
+  depth, width = getattr(model_config, "depth", 1), getattr(model_config, "width", 1)
+  count = sum(int(np.size(a)) for a in jax.tree.leaves(params))
+  # Every layer holds at least a norm of the model's width.
+  if depth * width > count:
+    raise UserError(f"{path} describes {depth} layers of width {width}, more than the {count} "
+                    f"parameters in {workdir} hold: the file is damaged or from another run; "
+                    "restore it or retrain.")
+  steps = getattr(getattr(model_config, "attractor", None), "steps", 0)
+  if steps > MAX_ATTRACTOR_STEPS:
+    raise UserError(f"{path} says model.attractor_steps={steps}, more than "
+                    f"{MAX_ATTRACTOR_STEPS}: the file is damaged; restore it or retrain.")
 
 
 def _first(e: Exception) -> str:
@@ -131,12 +156,22 @@ def load(workdir: str, *, step: int | None = None,
                     f"ban_jax builds ({type(e).__name__}: {_first(e)}); restore it or "
                     "retrain.") from None
   params, step = _read_params(workdir, step)
-  tokens = jnp.zeros([1, config.data.seq_len], jnp.int32)
-  expected = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.PRNGKey(0)}, tokens, segment_ids=jnp.ones_like(tokens),
-      positions=jnp.zeros_like(tokens), deterministic=True))["params"]
+  _check_sizes(config, model_config, params, workdir, "data.seq_len" in (overrides or {}))
+  # Parameter shapes do not depend on the length: a short one, as a damaged seq_len of 2**62
+  # made this array abort the interpreter inside XLA.
+  tokens = jnp.zeros([1, min(config.data.seq_len, 8)], jnp.int32)
+  try:
+    expected = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.PRNGKey(0)}, tokens, segment_ids=jnp.ones_like(tokens),
+        positions=jnp.zeros_like(tokens), deterministic=True))["params"]
+  except Exception as e:  # pylint: disable=broad-except
+    # Settings that pass validation but not the model's own shapes and types (a head_dim of
+    # 2**62, a cap of NaN): JAX raises any of several types while tracing.
+    raise UserError(f"{os.path.join(workdir, 'config.json')} does not describe a model this "
+                    f"ban_jax builds ({type(e).__name__}: {_first(e)}); restore it or "
+                    "retrain.") from e
   want = jax.tree.map(lambda a: a.shape, expected)
-  have = jax.tree.map(lambda a: a.shape, params)
+  have = jax.tree.map(np.shape, params)
   if want != have:
     raise UserError(f"the checkpoint in {workdir} does not fit the model its config.json "
                     "describes (were the overrides shape-changing, or config.json edited?).")

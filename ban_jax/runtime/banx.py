@@ -27,9 +27,11 @@ import struct
 
 import numpy as np
 
+from . import checks
+
 MAGIC = b"BANX"
 VERSION = 1
-ALIGN = 64
+ALIGN = checks.ALIGN
 STORED_DTYPES = ("float32", "float16", "int8")
 _PREFIX = struct.Struct("<4sIQ")
 
@@ -145,9 +147,11 @@ def read_header(path: str) -> dict:
     raise BanxError(f"{path} is {size} bytes but its header says {header.get('file_size')!r}: "
                     "the file was cut short or changed (an unfinished copy?); copy or export "
                     "it again.")
-  from . import checks  # pylint: disable=g-import-not-at-top
-  return checks.header(header, size=size, path=path,
-                       data_start=_aligned(_PREFIX.size + length))
+  try:
+    return checks.header(header, size=size, path=path,
+                         data_start=_aligned(_PREFIX.size + length))
+  except checks.Bad as e:
+    raise BanxError(str(e)) from None
 
 
 class Weights:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-from . import banx
-
 MAX_NDIM = 8
 MAX_NAME = 512
 MAX_SEQ_LEN = 1 << 20     # the default cache budget is the training length: bound its memory
@@ -27,13 +25,16 @@ ROUTING = ("scale", "straight_through")
 _ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1}
 
 
-class _Bad(Exception):
-  pass
+ALIGN = 64  # banx.ALIGN: tensors start on these boundaries
+
+
+class Bad(Exception):
+  """A header field that fails its check; banx turns it into a BanxError."""
 
 
 def _int(value, what, lo=1, hi=MAX_DIM) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-    raise _Bad(f"{what}={value!r} is not an integer in [{lo}, {hi}]")
+    raise Bad(f"{what}={value!r} is not an integer in [{lo}, {hi}]")
   return value
 
 
@@ -41,27 +42,28 @@ def _float(value, what, positive=False) -> float:
   """A number the runtime uses as float32: finite there too."""
   if (isinstance(value, bool) or not isinstance(value, (int, float))
       or not math.isfinite(value) or abs(value) > FLOAT32_MAX):
-    raise _Bad(f"{what}={value!r} is not a finite float32 number")
+    raise Bad(f"{what}={value!r} is not a finite float32 number")
   if positive and value <= 0:
-    raise _Bad(f"{what}={value!r} is not positive")
+    raise Bad(f"{what}={value!r} is not positive")
   return float(value)
 
 
 def _choice(value, what, choices):
   if not isinstance(value, str) or value not in choices:
-    raise _Bad(f"{what}={value!r} is not one of {choices}")
+    raise Bad(f"{what}={value!r} is not one of {choices}")
   return value
 
 
 def _dict(value, what) -> dict:
   if not isinstance(value, dict):
-    raise _Bad(f"{what} is not a JSON object")
+    raise Bad(f"{what} is not a JSON object")
   return value
 
 
 def _fail(path, reason):
-  raise banx.BanxError(f"{path} has a damaged or foreign header ({reason}); copy the file again "
-                       "or export the run again with python -m ban_jax.export.") from None
+  """The one-line message for a damaged header (callers raise it as banx.BanxError)."""
+  raise Bad(f"{path} has a damaged or foreign header ({reason}); copy the file again or "
+            "export the run again with python -m ban_jax.export.") from None
 
 
 def _block(e, what, data_start, size, dtype=None) -> tuple[str, tuple, int]:
@@ -70,14 +72,14 @@ def _block(e, what, data_start, size, dtype=None) -> tuple[str, tuple, int]:
   dtype = _choice(e.get("dtype", dtype), f"{what} dtype", tuple(_ITEMSIZE))
   shape = e.get("shape")
   if not isinstance(shape, list) or len(shape) > MAX_NDIM:
-    raise _Bad(f"{what} shape {shape!r} is not a list of at most {MAX_NDIM} sizes")
+    raise Bad(f"{what} shape {shape!r} is not a list of at most {MAX_NDIM} sizes")
   shape = tuple(_int(n, f"{what} shape", lo=0, hi=size) for n in shape)
   nbytes = math.prod(shape) * _ITEMSIZE[dtype]
   offset = _int(e.get("offset"), f"{what} offset", lo=data_start, hi=size)
-  if offset % banx.ALIGN:
-    raise _Bad(f"{what} offset {offset} is not {banx.ALIGN}-byte aligned")
+  if offset % ALIGN:
+    raise Bad(f"{what} offset {offset} is not {ALIGN}-byte aligned")
   if offset + nbytes > size:
-    raise _Bad(f"{what} ({nbytes} bytes at {offset}) runs past the end of the "
+    raise Bad(f"{what} ({nbytes} bytes at {offset}) runs past the end of the "
                f"{size}-byte file")
   return dtype, shape, nbytes
 
@@ -90,20 +92,20 @@ def header(head, *, size: int, data_start: int, path: str) -> dict:
     tensors = _dict(head.get("tensors"), "tensors")
     for name, e in tensors.items():
       if len(name) > MAX_NAME:
-        raise _Bad(f"a tensor name is {len(name)} characters long")
+        raise Bad(f"a tensor name is {len(name)} characters long")
       dtype, shape, _ = _block(e, f"tensor {name}", data_start, size)
       scale = e.get("scale")
       if (scale is None) != (dtype != "int8"):
-        raise _Bad(f"tensor {name} is {dtype} {'without' if scale is None else 'with'} scales")
+        raise Bad(f"tensor {name} is {dtype} {'without' if scale is None else 'with'} scales")
       if scale is not None:
         _, scale_shape, _ = _block(scale, f"scales of {name}", data_start, size, "float32")
         if _dict(scale, "").get("dtype", "float32") != "float32":
-          raise _Bad(f"the scales of {name} are not float32")
+          raise Bad(f"the scales of {name} are not float32")
         if len(scale_shape) != len(shape) or any(
             s < 1 or (s != 1 and n % s) for n, s in zip(shape, scale_shape)):
-          raise _Bad(f"the scales of {name} {list(scale_shape)} do not fit its shape "
+          raise Bad(f"the scales of {name} {list(scale_shape)} do not fit its shape "
                      f"{list(shape)}")
-  except _Bad as e:
+  except Bad as e:
     _fail(path, e)
   return head
 
@@ -117,12 +119,12 @@ def _expected(cfg: dict, vocab: int) -> dict[str, tuple]:
   heads = _int(att.get("num_heads"), "num_heads")
   kv = _int(att.get("num_kv_heads") or heads, "num_kv_heads")
   if heads % kv:
-    raise _Bad(f"num_heads={heads} is not a multiple of num_kv_heads={kv}")
+    raise Bad(f"num_heads={heads} is not a multiple of num_kv_heads={kv}")
   head_dim = _int(att.get("head_dim") or width // heads, "head_dim")
   score = _choice(att.get("kind"), "attention kind", ATTENTION_KINDS)
   positional = _choice(att.get("positional"), "positional", POSITIONAL)
   if not isinstance(att.get("tagging"), bool):
-    raise _Bad(f"tagging={att.get('tagging')!r} is not true or false")
+    raise Bad(f"tagging={att.get('tagging')!r} is not true or false")
   _float(att.get("eps"), "eps", positive=True)
   if positional == "rope":
     _float(att.get("rope_max_wavelength"), "rope_max_wavelength", positive=True)
@@ -183,17 +185,17 @@ def model(head: dict, path: str):
     if tok.get("kind") == "bytes":
       specials = _int(tok.get("specials"), "tokenizer specials", lo=0)
       if specials + 256 > vocab:
-        raise _Bad(f"byte tokens need {specials + 256} ids, the vocabulary has {vocab}")
+        raise Bad(f"byte tokens need {specials + 256} ids, the vocabulary has {vocab}")
       for field in ("bos_id", "eos_id"):
         _int(tok.get(field), f"tokenizer {field}", lo=0, hi=vocab - 1)
       if tok.get("vocab_size") != vocab:
-        raise _Bad(f"the tokenizer's vocab_size {tok.get('vocab_size')!r} is not {vocab}")
+        raise Bad(f"the tokenizer's vocab_size {tok.get('vocab_size')!r} is not {vocab}")
     tensors = head["tensors"]
     for name, shape in _expected(cfg, vocab).items():
       if name not in tensors:
-        raise _Bad(f"tensor {name} is missing")
+        raise Bad(f"tensor {name} is missing")
       if tuple(tensors[name]["shape"]) != shape:
-        raise _Bad(f"tensor {name} is {tensors[name]['shape']}, the model config gives "
+        raise Bad(f"tensor {name} is {tensors[name]['shape']}, the model config gives "
                    f"{list(shape)}")
-  except _Bad as e:
+  except Bad as e:
     _fail(path, e)

@@ -52,7 +52,10 @@ class Model:
     if self.kind not in KINDS:
       raise banx.BanxError(f"{path} holds a model of kind {self.kind!r}; the runtime runs "
                            f"{KINDS}.")
-    checks.model(self.header, path)
+    try:
+      checks.model(self.header, path)
+    except checks.Bad as e:
+      raise banx.BanxError(str(e)) from None
     attention = cfg["attention"]
     if attention["tagging"] and attention.get("tagging_source", "hidden") != "hidden":
       raise banx.BanxError(f"{path} tags keys by surprisal (tagging_source="
