@@ -262,7 +262,10 @@ def _flash_forward(cfg, diff, aux):
       z, _, visible = _block_logits(cfg, blk, diff, aux, qs, ks, qb, qnb,
                                     _slice(k, ks, bk, 1), _slice(kn, ks, bk, 2))
       z = jnp.where(visible, z, -jnp.inf)
-      m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+      # The max only keeps the exponentials in range: no gradient through it (its derivative
+      # divides by the count of entries equal to the max, which compiled to 0 on some rows
+      # and made Hessian-vector products NaN with ALiBi or a bias).
+      m_new = jnp.maximum(m, jnp.max(lax.stop_gradient(z), axis=-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
       p = jnp.exp(z - m_safe[..., None])
       alpha = jnp.exp(m - m_safe)
