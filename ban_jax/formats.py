@@ -33,7 +33,9 @@ def check(kind: str, version, path: str):
       the oldest it reads; the message says which and what to do.
   """
   if isinstance(version, bool) or not isinstance(version, int):
-    raise UserError(f"{path} has {KEY}={version!r}, not an integer: the file is damaged or "
+    shown = repr(version)
+    shown = shown if len(shown) <= 80 else f"{shown[:75]}...({len(shown)} chars)"
+    raise UserError(f"{path} has {KEY}={shown}, not an integer: the file is damaged or "
                     "not ban_jax's; restore it or start a fresh --workdir.")
   if version > CURRENT[kind]:
     raise UserError(f"{path} is {kind} format version {version}, newer than this ban_jax reads "

@@ -176,6 +176,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.wells.storage = "dense"          # dense (one slot per window) | table (fixed capacity)
   c.wells.capacity = 65_536          # table storage: slots
   c.wells.threshold = 0.02           # relative drop below the loss EMA that forms a well
+  c.wells.draw = "always"            # always: extra update whenever a well exists | recent:
+                                     #   only within draw_window steps of a well forming/growing
+  c.wells.draw_window = 3            # recent: steps a formation keeps earning extra updates
   c.wells.gain = 1.0                 # strength added per unit of relative drop
   c.wells.ema_decay = 0.9            # the running loss estimate the drop is measured against
   c.wells.warmup_steps = 100         # no wells while the EMA settles (and the LR warms up)

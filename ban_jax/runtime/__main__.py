@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="Sampling seed (NumPy's generator).")
   p.add_argument("--kv_policy", default="recent", help=f"One of {cache_lib.POLICIES}.")
   p.add_argument("--kv_budget", type=int, default=0, help="Cache slots per layer (0: the whole "
-                 "text for full, the training window otherwise).")
+                 "text for full, else the training window or the whole text if shorter).")
   p.add_argument("--kv_recent", type=int, default=-1, help="gravity: newest tokens always kept "
                  "(-1: half the budget).")
   p.add_argument("--kv_terms", default="tag,surprisal,attention", help="gravity: the terms of "
@@ -86,8 +86,11 @@ def run(argv) -> None:
   if args.top_k > model.vocab_size:
     raise banx.BanxError(f"--top_k={args.top_k} exceeds the vocabulary ({model.vocab_size}).")
   ids = np.concatenate([[tokenizer.bos_id], tokenizer.encode(prompt)])
+  # By default a bounded cache holds the training window, but never more slots than the text
+  # can fill: a file's seq_len of a million must not allocate a million-slot cache for a
+  # sentence (with a budget at least the text's length, nothing is evicted either way).
   budget = args.kv_budget or (len(ids) + args.length if args.kv_policy == "full"
-                              else model.seq_len)
+                              else min(model.seq_len, len(ids) + args.length))
   terms = tuple(t for t in args.kv_terms.split(",") if t)
   try:
     spec = cache_lib.Spec(args.kv_policy, slots=budget,

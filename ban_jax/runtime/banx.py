@@ -140,13 +140,18 @@ def read_header(path: str) -> dict:
     raise BanxError(f"{path} cannot be read ({e}); check its permissions.") from e
   try:
     header = json.loads(text.decode("utf-8"))
+  except MemoryError:
+    # A header of deeply nested or very many JSON values can take far more memory parsed than
+    # its bytes; refuse it as damaged rather than dying with a traceback.
+    raise BanxError(f"{path} has a header too large to parse in the memory available "
+                    f"({length} bytes); it is damaged or not a ban_jax export.") from None
   except (UnicodeDecodeError, ValueError, RecursionError) as e:
     reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     raise BanxError(f"{path} has a damaged header ({reason}); export the run again.") from None
   if isinstance(header, dict) and header.get("file_size") != size:
-    raise BanxError(f"{path} is {size} bytes but its header says {header.get('file_size')!r}: "
-                    "the file was cut short or changed (an unfinished copy?); copy or export "
-                    "it again.")
+    raise BanxError(f"{path} is {size} bytes but its header says "
+                    f"{checks.show(header.get('file_size'))}: the file was cut short or changed "
+                    "(an unfinished copy?); copy or export it again.")
   try:
     return checks.header(header, size=size, path=path,
                          data_start=_aligned(_PREFIX.size + length))
@@ -165,6 +170,10 @@ class Weights:
   def __init__(self, path: str, header: dict):
     self.path, self.header = path, header
     self._arrays = {}
+    # One map of the whole file, every tensor a view of it: a map per tensor held a file
+    # descriptor each, and a file with thousands of tensors ran out of them.
+    self._file = (np.memmap(path, dtype=np.uint8, mode="r")
+                  if os.path.getsize(path) else np.zeros([0], np.uint8))
     for name, e in header["tensors"].items():
       array = self._map(e["dtype"], e["shape"], e["offset"])
       scale = None
@@ -176,8 +185,9 @@ class Weights:
     # dtype, shape and offset were checked against the file by `read_header` (checks.header).
     if not shape or 0 in shape:
       return np.zeros(shape, dtype)
-    return np.memmap(self.path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r",
-                     offset=offset, shape=tuple(shape))
+    dtype = np.dtype(dtype).newbyteorder("<")
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    return self._file[offset:offset + nbytes].view(dtype).reshape(tuple(shape))
 
   def __contains__(self, name: str) -> bool:
     return name in self._arrays

@@ -28,13 +28,40 @@ _ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1}
 ALIGN = 64  # banx.ALIGN: tensors start on these boundaries
 
 
+MAX_SHOWN = 80            # characters of a file's value quoted in a message
+
+
 class Bad(Exception):
   """A header field that fails its check; banx turns it into a BanxError."""
 
 
+def show(value) -> str:
+  """`value` as it may appear in a one-line message: repr (control characters escaped), cut
+  to MAX_SHOWN characters. A file's strings and lists reach messages only through this."""
+  try:
+    text = repr(value) if not isinstance(value, (list, dict)) else _short_repr(value)
+  except ValueError:                     # an int past Python's digit limit for str()
+    text = f"<{type(value).__name__} too large to print>"
+  return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN - 5]}...({len(text)} chars)"
+
+
+def show_name(name: str) -> str:
+  """A tensor name as is when it is printable and short, else `show(name)`."""
+  return name if name.isprintable() and len(name) <= MAX_SHOWN else show(name)
+
+
+def _short_repr(value) -> str:
+  # A list of a million sizes must not be turned into a string whole first.
+  items = value[:16] if isinstance(value, list) else list(value.items())[:16]
+  text = repr(items)
+  if len(value) > 16:
+    text = f"{text[:-1]}, ... {len(value)} items{text[-1]}"
+  return text
+
+
 def _int(value, what, lo=1, hi=MAX_DIM) -> int:
   if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-    raise Bad(f"{what}={value!r} is not an integer in [{lo}, {hi}]")
+    raise Bad(f"{what}={show(value)} is not an integer in [{lo}, {hi}]")
   return value
 
 
@@ -42,15 +69,15 @@ def _float(value, what, positive=False) -> float:
   """A number the runtime uses as float32: finite there too."""
   if (isinstance(value, bool) or not isinstance(value, (int, float))
       or not math.isfinite(value) or abs(value) > FLOAT32_MAX):
-    raise Bad(f"{what}={value!r} is not a finite float32 number")
+    raise Bad(f"{what}={show(value)} is not a finite float32 number")
   if positive and value <= 0:
-    raise Bad(f"{what}={value!r} is not positive")
+    raise Bad(f"{what}={show(value)} is not positive")
   return float(value)
 
 
 def _choice(value, what, choices):
   if not isinstance(value, str) or value not in choices:
-    raise Bad(f"{what}={value!r} is not one of {choices}")
+    raise Bad(f"{what}={show(value)} is not one of {choices}")
   return value
 
 
@@ -66,13 +93,14 @@ def _fail(path, reason):
             "export the run again with python -m ban_jax.export.") from None
 
 
-def _block(e, what, data_start, size, dtype=None) -> tuple[str, tuple, int]:
-  """(dtype, shape, bytes) of one stored array, checked to lie inside the data section."""
+def _block(e, what, data_start, size, dtype=None) -> tuple[str, tuple, int, int]:
+  """(dtype, shape, bytes, offset) of one stored array, checked to lie inside the data
+  section."""
   e = _dict(e, what)
   dtype = _choice(e.get("dtype", dtype), f"{what} dtype", tuple(_ITEMSIZE))
   shape = e.get("shape")
   if not isinstance(shape, list) or len(shape) > MAX_NDIM:
-    raise Bad(f"{what} shape {shape!r} is not a list of at most {MAX_NDIM} sizes")
+    raise Bad(f"{what} shape {show(shape)} is not a list of at most {MAX_NDIM} sizes")
   shape = tuple(_int(n, f"{what} shape", lo=0, hi=size) for n in shape)
   nbytes = math.prod(shape) * _ITEMSIZE[dtype]
   offset = _int(e.get("offset"), f"{what} offset", lo=data_start, hi=size)
@@ -81,7 +109,17 @@ def _block(e, what, data_start, size, dtype=None) -> tuple[str, tuple, int]:
   if offset + nbytes > size:
     raise Bad(f"{what} ({nbytes} bytes at {offset}) runs past the end of the "
                f"{size}-byte file")
-  return dtype, shape, nbytes
+  return dtype, shape, nbytes, offset
+
+
+def _disjoint(blocks: list[tuple[int, int, str]]):
+  """Refuses blocks that share bytes: tensors aliasing one block would let a small file claim
+  gigabytes of weights (and the runtime allocate them), past the bound of the file's size."""
+  blocks = sorted(b for b in blocks if b[1] > 0)
+  for (start, n, what), (next_start, _, other) in zip(blocks, blocks[1:]):
+    if next_start < start + n:
+      raise Bad(f"{other} overlaps {what} (bytes {next_start} and {start}..{start + n}): "
+                "every tensor must have its own bytes")
 
 
 def header(head, *, size: int, data_start: int, path: str) -> dict:
@@ -90,21 +128,27 @@ def header(head, *, size: int, data_start: int, path: str) -> dict:
     head = _dict(head, "the header")
     _int(head.get("file_size"), "file_size", lo=0, hi=1 << 62)
     tensors = _dict(head.get("tensors"), "tensors")
+    blocks = []
     for name, e in tensors.items():
       if len(name) > MAX_NAME:
         raise Bad(f"a tensor name is {len(name)} characters long")
-      dtype, shape, _ = _block(e, f"tensor {name}", data_start, size)
+      shown = show_name(name)
+      dtype, shape, nbytes, offset = _block(e, f"tensor {shown}", data_start, size)
+      blocks.append((offset, nbytes, f"tensor {shown}"))
       scale = e.get("scale")
       if (scale is None) != (dtype != "int8"):
-        raise Bad(f"tensor {name} is {dtype} {'without' if scale is None else 'with'} scales")
+        raise Bad(f"tensor {shown} is {dtype} {'without' if scale is None else 'with'} scales")
       if scale is not None:
-        _, scale_shape, _ = _block(scale, f"scales of {name}", data_start, size, "float32")
+        _, scale_shape, nbytes, offset = _block(scale, f"scales of {shown}", data_start, size,
+                                                "float32")
+        blocks.append((offset, nbytes, f"the scales of {shown}"))
         if _dict(scale, "").get("dtype", "float32") != "float32":
-          raise Bad(f"the scales of {name} are not float32")
+          raise Bad(f"the scales of {shown} are not float32")
         if len(scale_shape) != len(shape) or any(
             s < 1 or (s != 1 and n % s) for n, s in zip(shape, scale_shape)):
-          raise Bad(f"the scales of {name} {list(scale_shape)} do not fit its shape "
+          raise Bad(f"the scales of {shown} {list(scale_shape)} do not fit its shape "
                      f"{list(shape)}")
+    _disjoint(blocks)
   except Bad as e:
     _fail(path, e)
   return head
@@ -124,10 +168,13 @@ def _expected(cfg: dict, vocab: int) -> dict[str, tuple]:
   score = _choice(att.get("kind"), "attention kind", ATTENTION_KINDS)
   positional = _choice(att.get("positional"), "positional", POSITIONAL)
   if not isinstance(att.get("tagging"), bool):
-    raise Bad(f"tagging={att.get('tagging')!r} is not true or false")
+    raise Bad(f"tagging={show(att.get('tagging'))} is not true or false")
   _float(att.get("eps"), "eps", positive=True)
   if positional == "rope":
     _float(att.get("rope_max_wavelength"), "rope_max_wavelength", positive=True)
+    if head_dim % 2:
+      raise Bad(f"head_dim={head_dim} is odd: rope rotates pairs of features and needs an even "
+                "head_dim")
   ban = kind == "ban"
   prefix, name = ("layer_{}/attention", "layer_{}/attention_norm") if ban else (
       "block_{}/attn", "block_{}/attn_norm")
@@ -189,13 +236,13 @@ def model(head: dict, path: str):
       for field in ("bos_id", "eos_id"):
         _int(tok.get(field), f"tokenizer {field}", lo=0, hi=vocab - 1)
       if tok.get("vocab_size") != vocab:
-        raise Bad(f"the tokenizer's vocab_size {tok.get('vocab_size')!r} is not {vocab}")
+        raise Bad(f"the tokenizer's vocab_size {show(tok.get('vocab_size'))} is not {vocab}")
     tensors = head["tensors"]
     for name, shape in _expected(cfg, vocab).items():
       if name not in tensors:
         raise Bad(f"tensor {name} is missing")
       if tuple(tensors[name]["shape"]) != shape:
-        raise Bad(f"tensor {name} is {tensors[name]['shape']}, the model config gives "
+        raise Bad(f"tensor {name} is {show(tensors[name]['shape'])}, the model config gives "
                    f"{list(shape)}")
   except Bad as e:
     _fail(path, e)

@@ -50,8 +50,8 @@ class Model:
     cfg = self.header.get("model")
     self.kind = cfg.get("kind") if isinstance(cfg, dict) else None
     if self.kind not in KINDS:
-      raise banx.BanxError(f"{path} holds a model of kind {self.kind!r}; the runtime runs "
-                           f"{KINDS}.")
+      raise banx.BanxError(f"{path} holds a model of kind {checks.show(self.kind)}; the "
+                           f"runtime runs {KINDS}.")
     try:
       checks.model(self.header, path)
     except checks.Bad as e:
@@ -59,8 +59,8 @@ class Model:
     attention = cfg["attention"]
     if attention["tagging"] and attention.get("tagging_source", "hidden") != "hidden":
       raise banx.BanxError(f"{path} tags keys by surprisal (tagging_source="
-                           f"{attention['tagging_source']!r}), which needs a second reading "
-                           "pass the runtime does not have; run it with python -m "
+                           f"{checks.show(attention['tagging_source'])}), which needs a second "
+                           "reading pass the runtime does not have; run it with python -m "
                            "ban_jax.generate.")
     self.config = cfg
     self.vocab_size = int(self.header["vocab_size"])

@@ -59,11 +59,25 @@ def generate(model, prompt_ids, *, length: int, spec: cache_lib.Spec, temperatur
     raise ValueError(f"a full cache of {spec.slots} slots cannot hold the {prompt.shape[0]} "
                      f"prompt tokens and {length} new ones; give it at least "
                      f"{prompt.shape[0] + length} slots or choose a bounded policy.")
+  # Overflow inside the model is reported once, as non-finite logits (below), not as NumPy's
+  # warnings on stderr at every step.
+  with np.errstate(all="ignore"):
+    return _generate(model, prompt, length=length, spec=spec, temperature=temperature,
+                     top_k=top_k, top_p=top_p, seed=seed, eos_id=eos_id, on_token=on_token)
+
+
+def _generate(model, prompt, *, length, spec, temperature, top_k, top_p, seed, eos_id,
+              on_token):
   rng = np.random.default_rng(seed)
   session = model.session(spec)
   last = session.prefill(prompt)[-1]
   out = []
-  for _ in range(length):
+  for i in range(length):
+    if not np.all(np.isfinite(last)):
+      # Checked here, not at load: reading every weight up front would undo the lazy map.
+      raise ValueError(f"the model's logits for token {prompt.shape[0] + i} are not finite "
+                       "(NaN or inf): its weights are damaged or overflow float32; export the "
+                       "run again, or check that its training did not diverge.")
     token = choose(last, rng, temperature=temperature, top_k=top_k, top_p=top_p)
     out.append(token)
     if on_token is not None:

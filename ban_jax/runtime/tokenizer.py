@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import banx
+from . import checks
 
 
 class ByteTokenizer:
@@ -17,8 +18,8 @@ class ByteTokenizer:
   def __init__(self, description: dict, path: str = "the model"):
     kind = description.get("kind")
     if kind != "bytes":
-      raise banx.BanxError(f"{path} uses a {kind!r} tokenizer; the NumPy runtime reads byte "
-                           "tokens only (data.tokenizer='bytes'). Run this model with python "
+      raise banx.BanxError(f"{path} uses a {checks.show(kind)} tokenizer; the NumPy runtime "
+                           "reads byte tokens only (data.tokenizer='bytes'). Run this model with python "
                            "-m ban_jax.generate, or train it with byte tokens.")
     self.specials = int(description["specials"])
     self.bos_id = int(description["bos_id"])

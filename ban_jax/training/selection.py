@@ -2,8 +2,10 @@
 
   * "off"       the data order alone.
   * "wells"     Gravity Wells ("Information Gravity"): wells form from the loss signal
-                (`ban_jax.training.wells`); each step a well batch, drawn in proportion to
-                strength, gets one extra update; strengths decay at every epoch end.
+                (`ban_jax.training.wells`); a well batch, drawn in proportion to strength, gets
+                one extra update in every step once wells exist (`wells.draw="always"`) or only
+                in the `wells.draw_window` steps after a well formed or grew ("recent");
+                strengths decay at every epoch end.
   * "uniform"   the control for wells' extra compute: the extra update uses a uniformly random
                 batch, in the steps listed by `wells.inject_steps` (a wells run's injection log)
                 or in every step.
@@ -58,6 +60,12 @@ def check_config(cfg: ml_collections.ConfigDict):
                      "example's last loss).")
   if cfg.storage == "table" and (not isinstance(cfg.capacity, int) or cfg.capacity < 1):
     raise ValueError(f"wells.capacity={cfg.capacity!r} must be a positive integer.")
+  if cfg.mode == "wells" and cfg.get("draw", "always") not in wells_lib.DRAW_RULES:
+    raise ValueError(f"wells.draw={cfg.draw!r} is not one of {wells_lib.DRAW_RULES}.")
+  window = cfg.get("draw_window", 1)
+  if cfg.mode == "wells" and (isinstance(window, bool) or not isinstance(window, int)
+                              or window < 1):
+    raise ValueError(f"wells.draw_window={window!r} must be an integer >= 1.")
   if cfg.mode == "loss_rank" and cfg.rank_pressure < 1:
     raise ValueError(f"wells.rank_pressure={cfg.rank_pressure} must be >= 1.")
 
@@ -126,10 +134,13 @@ class Wells(Strategy):
   storage: str
   capacity: int
   per_example: bool
+  draw: str = "always"
+  draw_window: int = 1
 
   def init(self) -> wells_lib.WellState:
     size = self.num_examples if self.storage == "dense" else self.capacity
-    return wells_lib.init(size, storage=self.storage, per_example=self.per_example)
+    return wells_lib.init(size, storage=self.storage, per_example=self.per_example,
+                          track_formation=self.draw == "recent")
 
   def after_step(self, selection, *, step, index, example_loss, batch_loss, key):
     loss_signal = example_loss if self.per_example else batch_loss
@@ -140,7 +151,8 @@ class Wells(Strategy):
     wells = lax.cond(epoch_end,
                      lambda w: wells_lib.decay(w, self.decay, self.baseline, self.floor),
                      lambda w: w, wells)
-    draw_index, draw_active = wells_lib.sample(wells, key, index.shape[0])
+    draw_index, _ = wells_lib.sample(wells, key, index.shape[0])
+    draw_active = wells_lib.draw_due(wells, self.draw, self.draw_window)
     summary = {k: v for k, v in wells_lib.summary(wells).items() if k != "histogram"}
     metrics = {f"wells/{k}": v for k, v in {**metrics, **summary}.items()}
     return wells, draw_index, draw_active, metrics
@@ -222,7 +234,8 @@ def from_config(cfg: ml_collections.ConfigDict, *, num_examples: int, steps_per_
                  threshold=cfg.threshold, gain=cfg.gain, ema_decay=cfg.ema_decay,
                  warmup_steps=cfg.warmup_steps, decay=cfg.decay, baseline=cfg.baseline,
                  floor=cfg.floor, storage=cfg.storage, capacity=cfg.capacity,
-                 per_example=cfg.per_example)
+                 per_example=cfg.per_example, draw=cfg.get("draw", "always"),
+                 draw_window=cfg.get("draw_window", 1))
   if cfg.mode == "uniform":
     return Uniform(num_examples=num_examples,
                    inject_flags=load_inject_steps(cfg.inject_steps, total_steps))

@@ -41,7 +41,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from ban_jax.training import wells_table
+
 STORAGES = ("dense", "table")
+DRAW_RULES = ("always", "recent")
+_NEVER = 2**30      # since_formed before any well formed; saturates there
 
 # Bin edges of `summary`'s strength histogram: bin 0 is (-inf, e0), bin i is [e(i-1), e(i)),
 # the last bin is [e_last, inf). Strength is in units of `gain * drop_rate`.
@@ -61,6 +65,9 @@ class WellState:
       None otherwise.
     seen: bool [num_examples] whether `last_loss` holds a value (per-example signal); None
       otherwise.
+    since_formed: int32 [] steps since a well last formed or grew (0: in the last `update`),
+      kept only for the "recent" draw rule (see `draw_due`); None otherwise, so that
+      checkpoints of the "always" rule keep their tree.
     ema: float32 [] the EMA accumulator of the batch loss, not bias-corrected.
     count: int32 [] how many finite batch losses the EMA has absorbed.
     storage: "dense" or "table" (static).
@@ -72,6 +79,7 @@ class WellState:
   seen: jax.Array | None
   ema: jax.Array
   count: jax.Array
+  since_formed: jax.Array | None = None
   storage: str = flax.struct.field(pytree_node=False, default="dense")
   per_example: bool = flax.struct.field(pytree_node=False, default=False)
 
@@ -80,7 +88,8 @@ class WellState:
     return self.strength.shape[0]
 
 
-def init(size: int, *, storage: str = "dense", per_example: bool = False) -> WellState:
+def init(size: int, *, storage: str = "dense", per_example: bool = False,
+         track_formation: bool = False) -> WellState:
   """An empty WellState.
 
   Args:
@@ -88,6 +97,8 @@ def init(size: int, *, storage: str = "dense", per_example: bool = False) -> Wel
     storage: "dense" or "table".
     per_example: form wells from each example's own loss drop since it was last seen (needs
       dense storage: it keeps a last loss per example).
+    track_formation: keep the steps since a well last formed or grew (`since_formed`), which
+      the "recent" draw rule (`draw_due`) needs.
 
   Returns:
     A WellState with no wells and no loss history.
@@ -109,6 +120,8 @@ def init(size: int, *, storage: str = "dense", per_example: bool = False) -> Wel
       seen=jnp.zeros((size,), jnp.bool_) if per_example else None,
       ema=jnp.zeros((), jnp.float32),
       count=jnp.zeros((), jnp.int32),
+      # Large enough that no window counts a formation before the first one.
+      since_formed=jnp.array(_NEVER, jnp.int32) if track_formation else None,
       storage=storage,
       per_example=per_example)
 
@@ -144,55 +157,6 @@ def _relative_drop(reference: jax.Array, loss: jax.Array) -> jax.Array:
   """(reference - loss) / reference, 0 where the reference is not positive."""
   ok = reference > 0
   return jnp.where(ok, (reference - loss) / jnp.where(ok, reference, 1.0), 0.0)
-
-
-def _locate(ids: jax.Array, queries: jax.Array, ok: jax.Array):
-  """Matches table slots against distinct query indices in O((capacity + n) * log n).
-
-  Args:
-    ids: int32 [capacity] the table's example indices (-1 = empty).
-    queries: int32 [n] example indices, distinct where `ok`.
-    ok: bool [n] which queries take part.
-
-  Returns:
-    (hit, which, order): bool [capacity] whether the slot holds a query; int32 [capacity] the
-    position in the sorted queries `queries[order]` that it holds (meaningful where hit);
-    int32 [n] the sort order of the queries.
-  """
-  # Sorting the few queries and binary-searching every slot among them beats comparing every
-  # slot with every query ([n, capacity] compares, slow on CPU for large tables).
-  key = jnp.where(ok, queries, -2)                      # -2 matches no slot, not even empty ones
-  order = jnp.argsort(key, stable=True)
-  sorted_key = key[order]
-  which = jnp.clip(jnp.searchsorted(sorted_key, ids), 0, queries.shape[0] - 1)
-  hit = (sorted_key[which] == ids) & (ids >= 0)
-  return hit, which, order
-
-
-def _strengthen_table(wells: WellState, indices, inc, want):
-  """Adds `inc` to the wells of `indices` where `want`; new ones replace the weakest.
-
-  `indices` must be distinct where `want` (see `_first_occurrence`).
-  """
-  strength, ids = wells.strength, wells.ids
-  hit, which, order = _locate(ids, indices, want)
-  strength = strength + jnp.where(hit, inc[order][which], 0.0)
-  found_sorted = jnp.zeros(indices.shape, jnp.int32).at[which].add(hit.astype(jnp.int32))
-  found = jnp.zeros(indices.shape, jnp.bool_).at[order].set(found_sorted > 0)
-  new = want & ~found
-  new_strength = jnp.where(new, inc, 0.0)
-  new_ids = jnp.where(new, indices, -1).astype(jnp.int32)
-  # The final table is the strongest `capacity` of (table ∪ new candidates): only the k weakest
-  # slots can lose their entry, so it is enough to let them compete with the candidates.
-  k = min(indices.shape[0], wells.num_slots)
-  _, slots = jax.lax.top_k(-strength, k)                                 # the k weakest slots
-  pool_strength = jnp.concatenate([strength[slots], new_strength])
-  pool_ids = jnp.concatenate([ids[slots], new_ids])
-  # top_k breaks ties toward the lower position: a sitting entry beats an equal newcomer.
-  keep_strength, keep = jax.lax.top_k(pool_strength, k)
-  strength = strength.at[slots].set(keep_strength)
-  ids = ids.at[slots].set(pool_ids[keep])
-  return strength, ids
 
 
 def update(wells: WellState, indices: jax.Array, loss: jax.Array, *, threshold, gain,
@@ -300,11 +264,14 @@ def update(wells: WellState, indices: jax.Array, loss: jax.Array, *, threshold, 
     strength = wells.strength.at[write].add(inc, mode="drop")
     ids = wells.ids
   else:
-    strength, ids = _strengthen_table(wells, indices, inc, form)
+    strength, ids = wells_table.strengthen(wells.strength, wells.ids, indices, inc, form)
 
-  new = wells.replace(strength=strength, ids=ids, last_loss=last_loss, seen=seen, ema=ema,
-                      count=count)
   n_formed = jnp.sum(form)
+  since = wells.since_formed
+  if since is not None:
+    since = jnp.where(n_formed > 0, 0, jnp.minimum(since, _NEVER - 1) + 1).astype(jnp.int32)
+  new = wells.replace(strength=strength, ids=ids, last_loss=last_loss, seen=seen, ema=ema,
+                      count=count, since_formed=since)
   metrics = {
       "formed": (n_formed > 0).astype(jnp.float32),
       "num_strengthened": n_formed.astype(jnp.float32),
@@ -353,6 +320,38 @@ def sample(wells: WellState, key: jax.Array, batch_size: int):
   slot = jnp.minimum(slot, last)
   indices = jnp.where(has_wells, slot_ids(wells)[slot], 0).astype(jnp.int32)
   return indices, has_wells
+
+
+def draw_due(wells: WellState, rule: str = "always", window: int = 1) -> jax.Array:
+  """bool []: whether this step's well batch earns an extra update.
+
+  * "always" (the first implementation's rule): whenever any well exists. Once a few wells
+    have formed, nearly every step takes an extra update whatever the threshold.
+  * "recent": only when a well formed or grew in the last `window` calls of `update`
+    (`window=1`: in this step's). The threshold then governs compute: a batch whose loss drops
+    by more than the threshold earns the extra update, drawn from all wells by strength.
+
+  Args:
+    wells: the WellState after this step's `update` (built with `track_formation=True` for
+      "recent").
+    rule: "always" or "recent".
+    window: int >= 1, the steps a formation keeps drawing ("recent" only).
+
+  Returns:
+    bool []; `sample`'s has_wells is still needed (no well, no batch).
+  """
+  if rule not in DRAW_RULES:
+    raise ValueError(f"wells draw rule {rule!r} is unknown; use one of {DRAW_RULES}.")
+  has_wells = jnp.any(wells.strength > 0)
+  if rule == "always":
+    return has_wells
+  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    raise ValueError(f"wells draw window must be an int >= 1, got {window!r}; fix "
+                     "config.wells.draw_window.")
+  if wells.since_formed is None:
+    raise ValueError("the 'recent' draw rule needs a WellState that tracks formation; build "
+                     "it with wells.init(..., track_formation=True).")
+  return has_wells & (wells.since_formed < window)
 
 
 def decay(wells: WellState, factor, baseline=0.0, floor=1e-3) -> WellState:

@@ -2,7 +2,10 @@
 
     python tests/runtime/fuzz_child.py BASE.banx SEED COUNT WORKDIR
 
-Runs each variant through the runtime's command line (`ban_jax.runtime.__main__.run`: load,
+Mutations: header fields (type-breaking and plausible values), header bytes, truncation, the
+binary prefix, and rebuilds (model config fields edited, tensors regenerated at the shapes the
+edited config implies, so that the arithmetic past the shape checks is reached). Runs each
+variant through the runtime's command line (`ban_jax.runtime.__main__.run`: load,
 tokenize, prefill, generate 2 tokens). Prints one JSON line per variant before trying it
 ({"start": i, "mutation": ...}) and one after ({"done": i, "outcome": "ok" | "refused",
 "message": ...}); anything but a `BanxError` is printed as {"done": i, "outcome": "crash",
@@ -71,11 +74,82 @@ def _plausible(head, path, rng):
   return rng.choice(NASTY)
 
 
+# Model fields a rebuild edits, with values a check must judge (most of them valid).
+REBUILD = {
+    ("kind",): ["ban", "transformer"],
+    ("width",): [8, 16, 24, 32, 48],
+    ("depth",): [1, 2, 3],
+    ("mlp_dim",): [1, 16, 64],
+    ("tie_embeddings",): [True, False],
+    ("attention", "num_heads"): [1, 2, 3, 4, 8],
+    ("attention", "num_kv_heads"): [1, 2, 4, None],
+    ("attention", "head_dim"): [1, 3, 4, 7, 8, 16, None],
+    ("attention", "kind"): ["dot", "gravity", "inverse_square"],
+    ("attention", "positional"): ["rope", "power_law", "alibi", "none"],
+    ("attention", "tagging"): [True, False],
+    ("attention", "eps"): [1e-30, 1e-6, 0.1, 1e30],
+    ("attention", "rope_max_wavelength"): [1.0, 1e4, 1e30],
+    ("attractor", "num_branches"): [1, 2, 3, 5],
+    ("attractor", "branch_width"): [1, 8, 32, None],
+    ("attractor", "steps"): [0, 1, 3, 50],
+    ("attractor", "alpha"): [0.0, 0.5, 1.0, 2.0, -1.0],
+    ("attractor", "gamma"): [0.0, 1.0, 1e30],
+    ("attractor", "threshold"): [-1.0, 0.0, 0.5, 1e30],
+    ("attractor", "cap"): [0.0, 0.15, 1.0, 2.0],
+    ("attractor", "routing"): ["scale", "straight_through"],
+}
+# Weight scales of a rebuilt file: ordinary, large, and past what float32 arithmetic survives.
+SCALES = [0.02, 0.3, 1.0, 30.0, 1e20, 1e38]
+
+
+def rebuild(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+  """A new file whose model config has 1-3 fields edited and whose tensors are regenerated at
+  the shapes the edited config implies: it passes the shape checks, so it reaches the model's
+  arithmetic (odd head sizes, extreme constants and weights), which edits of a header alone
+  rarely do. A config the checks refuse keeps the old tensors (and is refused)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ban_jax.runtime import banx, checks  # pylint: disable=g-import-not-at-top
+  _, _, length = _prefix(data)
+  head = json.loads(data[16:16 + length])
+  cfg = head["model"]
+  edits = []
+  for key in rng.sample(sorted(REBUILD), rng.randint(1, 3)):
+    value = rng.choice(REBUILD[key])
+    node = cfg
+    for k in key[:-1]:
+      node = node.setdefault(k, {})
+    node[key[-1]] = value
+    edits.append(f"{'/'.join(key)}={value}")
+  scale = rng.choice(SCALES)
+  try:
+    shapes = checks._expected(cfg, head["vocab_size"])  # pylint: disable=protected-access
+  except checks.Bad:
+    shapes = None
+  body = {k: v for k, v in head.items() if k not in ("tensors", "format", "version",
+                                                      "file_size")}
+  np_rng = np.random.default_rng(rng.randrange(2 ** 32))
+  if shapes is None:
+    tensors = {}
+  else:
+    with np.errstate(over="ignore"):          # weights x1e38 overflow to inf on purpose
+      tensors = {name: ((scale * np_rng.standard_normal(shape)).astype(np.float32), None)
+                 for name, shape in shapes.items()}
+  tmp = f"/tmp/fuzz_rebuild_{os.getpid()}.banx"
+  banx.write(tmp, body, tensors)
+  with open(tmp, "rb") as f:
+    out = f.read()
+  os.remove(tmp)
+  return out, f"rebuild {', '.join(edits)}, weights x{scale:g}"
+
+
 def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
   """A variant of the file and a description of what changed."""
   magic, version, length = _prefix(data)
   head_end = 16 + length
-  kind = rng.choice(["field"] * 6 + ["bytes", "bytes", "truncate", "prefix"])
+  kind = rng.choice(["field"] * 6 + ["bytes", "bytes", "truncate", "prefix", "rebuild",
+                                     "rebuild"])
+  if kind == "rebuild":
+    return rebuild(data, rng)
   if kind == "truncate":
     cut = rng.randrange(0, len(data))
     return data[:cut], f"truncated to {cut} bytes"
@@ -135,7 +209,7 @@ def main():
     signal.alarm(20)
     try:
       cli.run(["--model", path, "--prompt", "The history", "--length", "2", "--kv_policy",
-               rng.choice(["recent", "gravity", "h2o"])])
+               rng.choice(["recent", "gravity", "sinks", "full"])])
       result = {"outcome": "ok"}
     except banx.BanxError as e:
       result = {"outcome": "refused", "message": str(e)}

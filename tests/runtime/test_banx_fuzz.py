@@ -63,15 +63,27 @@ def test_every_variant_serves_or_is_refused_in_one_line(tmp_path, preset, dtype,
 
 
 def _edit(data: bytes, change) -> bytes:
-  """`data` with its header changed by `change(header)`, padded to keep the data in place."""
+  """`data` with its header changed by `change(header)`: padded to keep the data in place, or,
+  when the header grew, with the data moved down by a multiple of the alignment and every
+  offset (and the file size) moved with it."""
   from tests.runtime import fuzz_child  # pylint: disable=g-import-not-at-top
   magic, version, length = fuzz_child._prefix(data)
   head = json.loads(data[16:16 + length])
   change(head)
   text = json.dumps(head).encode()
-  if len(text) > length:   # room for longer numbers: the run's config is only a record
-    text = json.dumps(dict(head, config={})).encode()
-  return struct.pack("<4sIQ", magic, version, length) + text.ljust(length) + data[16 + length:]
+  shift = 0
+  if len(text) > length:
+    shift = -(-(len(text) - length + 4096) // 64) * 64
+    for e in head["tensors"].values():
+      if isinstance(e, dict) and isinstance(e.get("offset"), int):
+        e["offset"] += shift
+      if isinstance(e, dict) and isinstance(e.get("scale"), dict):
+        e["scale"]["offset"] += shift
+    head["file_size"] += shift
+    text = json.dumps(head).encode()
+    assert len(text) <= length + shift
+  return (struct.pack("<4sIQ", magic, version, length + shift) + text.ljust(length + shift)
+          + data[16 + length:])
 
 
 def _tensor(name, **fields):
@@ -82,8 +94,42 @@ def _version(v):
   return lambda data: data[:4] + struct.pack("<I", v) + data[8:]
 
 
+def _alias_all(head):
+  """Every tensor on the embedding's block (big enough for any of them)."""
+  at = head["tensors"]["embed/embedding"]["offset"]
+  for e in head["tensors"].values():
+    e["offset"] = at
+
+
+def _rope_odd(head):
+  head["model"]["attention"].update(positional="rope", rope_max_wavelength=1e4, head_dim=7)
+
+
+def _nan_weight(data: bytes) -> bytes:
+  """`final_norm/scale` set to NaN in the data (the header untouched)."""
+  from tests.runtime import fuzz_child  # pylint: disable=g-import-not-at-top
+  _, _, length = fuzz_child._prefix(data)
+  e = json.loads(data[16:16 + length])["tensors"]["final_norm/scale"]
+  n = e["shape"][0] * 4
+  return data[:e["offset"]] + struct.pack(f"<{n // 4}f", *[float("nan")] * (n // 4)) + data[
+      e["offset"] + n:]
+
+
 # The failures the issue measured, and the version rule, through the command line.
 NAMED = [
+    ("aliased_blocks", lambda d: _edit(d, _alias_all),
+     "overlaps tensor"),
+    ("rope_odd_head_dim", lambda d: _edit(d, _rope_odd),
+     "head_dim=7 is odd: rope rotates pairs of features"),
+    ("control_characters", lambda d: _edit(d, _tensor("final_norm/scale",
+                                                      dtype="\x1b[2J\nboom")),
+     r"dtype='\x1b[2J\nboom' is not one of"),
+    ("huge_value", lambda d: _edit(d, _tensor("final_norm/scale", dtype="x" * 3000)),
+     "...(3002 chars) is not one of"),
+    ("long_list_value", lambda d: _edit(d, _tensor("final_norm/scale", shape=[1] * 1000)),
+     "... 1000 items] is not a list of at most 8 sizes"),
+    ("nan_weights", _nan_weight,
+     "logits for token 4 are not finite (NaN or inf)"),
     ("dtype_object", lambda d: _edit(d, _tensor("final_norm/scale", dtype="object")),
      "tensor final_norm/scale dtype='object' is not one of"),
     ("dtype_float22", lambda d: _edit(d, _tensor("embed/embedding", dtype="float22")),
@@ -118,3 +164,51 @@ def test_named_damage_is_one_error_line(tmp_path, name, damage, message):
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr[-2000:]
   assert message in out.stderr, out.stderr
+  assert len(out.stderr) < 600, out.stderr[:2000]          # values quoted cut, not whole
+
+
+def _run_cli(path, limit=None):
+  """The runtime's command line on `path`, under `limit` = (resource name, value) if given
+  (set in the child itself: a preexec_fn would fork this multithreaded process)."""
+  code = ("import resource, runpy, sys\n"
+          "if sys.argv[1] != '-':\n"
+          "  n = getattr(resource, sys.argv[1]); v = int(sys.argv[2])\n"
+          "  resource.setrlimit(n, (v, v))\n"
+          "sys.argv = ['ban_jax.runtime'] + sys.argv[3:]\n"
+          "runpy.run_module('ban_jax.runtime', run_name='__main__')\n")
+  name, value = limit or ("-", 0)
+  return subprocess.run([sys.executable, "-c", code, name, str(value), f"--model={path}",
+                         "--prompt=The", "--length=2"], cwd=REPO, capture_output=True,
+                        text=True, errors="replace", timeout=120,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_thousands_of_tensors_need_one_file_descriptor(tmp_path):
+  """The weights are views of one map of the file: 3,000 tensors serve under a limit of 64
+  open files (a map per tensor held a descriptor each)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ban_jax.runtime import banx  # pylint: disable=g-import-not-at-top
+  base = _export(tmp_path, "default", "float32")
+  header = banx.read_header(base)
+  weights = banx.Weights(base, header)
+  tensors = {name: (np.asarray(weights.raw(name)[0]), None) for name in weights.names()}
+  tensors.update({f"extra/{i}": (np.full([4], i, np.float32), None) for i in range(3000)})
+  body = {k: v for k, v in header.items() if k not in ("tensors", "format", "version",
+                                                        "file_size")}
+  path = tmp_path / "many.banx"
+  banx.write(str(path), body, tensors)
+  out = _run_cli(path, ("RLIMIT_NOFILE", 64))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.startswith("The") and out.stderr == ""
+
+
+def test_a_header_too_large_to_parse_is_one_error_line(tmp_path):
+  """16 MiB of `{}`s parse into ~20x their bytes of Python objects: under a memory cap that is
+  a MemoryError, refused in one line rather than a traceback."""
+  text = b"[" + b"{}," * ((16 << 20) // 3) + b"{}]"
+  path = tmp_path / "nested.banx"
+  path.write_bytes(struct.pack("<4sIQ", b"BANX", 1, len(text)) + text)
+  out = _run_cli(path, ("RLIMIT_AS", 400 << 20))
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.count("\n") == 1, out.stderr[-2000:]
+  assert "has a header too large to parse in the memory available" in out.stderr, out.stderr

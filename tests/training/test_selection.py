@@ -168,3 +168,32 @@ def test_check_config_per_example_needs_dense_storage():
   c.mode = "off"
   selection.check_config(c)            # an unused block is not checked
 
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("draw", "often", r"wells.draw='often' is not one of \('always', 'recent'\)"),
+    ("draw_window", 0, "wells.draw_window=0 must be an integer >= 1"),
+])
+def test_check_config_draw_rule(field, value, match):
+  c = wiki.get_config("transformer").wells
+  c.update(mode="wells")
+  c[field] = value
+  with pytest.raises(ValueError, match=match):
+    selection.check_config(c)
+
+
+def test_recent_rule_injects_only_after_formations(tiny_config, tmp_path):
+  """With draw="recent" the extra updates follow formations: a step injects exactly when one of
+  the `draw_window` steps two before it (the queue's delay) formed or grew a well."""
+  common = dict(train__steps=30, train__log_every=1, eval__every_steps=30,
+                wells__mode="wells", wells__warmup_steps=3, wells__draw="recent",
+                wells__draw_window=2)
+  run = str(tmp_path / "recent")
+  train.train_and_evaluate(tiny_config(wells__threshold=0.02, **common), run)
+  formed = _per_step(run, "train/wells/formed")        # logged at step + 1
+  injected = _per_step(run, "train/injected")
+  formed_steps = {s - 1 for s, v in formed.items() if v}
+  injected_steps = {s - 1 for s, v in injected.items() if v}
+  assert formed_steps and injected_steps == {s + 2 + j for s in formed_steps for j in (0, 1)
+                                             if s + 2 + j < 30}
+  assert len(injected_steps) < 28           # some steps form no well, so some take no extra

@@ -356,3 +356,51 @@ def test_orbax_round_trip(tmp_path, storage, per_example):
   assert restored.storage == storage and restored.per_example == per_example
   for a, b in zip(jax.tree.leaves(wells), jax.tree.leaves(restored), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_recent_rule_draws_only_after_a_formation():
+  """"recent" with window K: an extra update in the K steps from a formation, none after."""
+  wells = _warm(wl.init(8, track_formation=True))
+  assert wl.init(8).since_formed is None                 # "always" keeps the old tree
+  due = jax.jit(wl.draw_due, static_argnames=("rule", "window"))
+  assert not bool(due(wells, "recent", 3)) and not bool(due(wells, "always"))   # no well yet
+  # One formation (2.0 -> 1.5), then flat losses: the EMA rises toward the loss, no new drop.
+  wells, m = _UPDATE(wells, jnp.arange(4), 1.5)
+  assert float(m["formed"]) == 1.0 and int(wells.since_formed) == 0
+  history = []
+  for _ in range(5):
+    history.append((bool(due(wells, "recent", 1)), bool(due(wells, "recent", 3)),
+                    bool(due(wells, "always"))))
+    wells, m = _UPDATE(wells, jnp.arange(4), 4.0)       # a rise: nothing forms
+    assert float(m["formed"]) == 0.0
+  assert [h[0] for h in history] == [True, False, False, False, False]
+  assert [h[1] for h in history] == [True, True, True, False, False]
+  assert all(h[2] for h in history)                      # the old rule: whenever a well exists
+  # A growing well (its index drops again) counts as a formation too.
+  wells = _warm(wells, 4.0)
+  wells, m = _UPDATE(wells, jnp.array([0]), 3.0)
+  assert float(m["formed"]) == 1.0 and bool(due(wells, "recent", 1))
+
+
+def test_recent_rule_bad_input():
+  with pytest.raises(ValueError, match="draw rule 'often' is unknown"):
+    wl.draw_due(wl.init(4), "often")
+  with pytest.raises(ValueError, match="track_formation=True"):
+    wl.draw_due(wl.init(4), "recent", 1)
+  with pytest.raises(ValueError, match="draw window must be an int >= 1"):
+    wl.draw_due(wl.init(4, track_formation=True), "recent", 0)
+
+
+def test_orbax_round_trip_with_formation_tracking(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  wells = wl.init(8, track_formation=True)
+  wells, _ = _UPDATE(_warm(wells), jnp.array([1, 6, 3]), 1.5)
+  wells, _ = _UPDATE(wells, jnp.array([2]), 9.0)
+  assert int(wells.since_formed) == 1
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", {"wells": wells})
+  checkpointer.wait_until_finished()
+  restored = checkpointer.restore(tmp_path / "ckpt",
+                                  {"wells": wl.init(8, track_formation=True)})["wells"]
+  for a, b in zip(jax.tree.leaves(wells), jax.tree.leaves(restored), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
