@@ -47,9 +47,10 @@ class GravityAttentionFn(nnx.Module):
     gravity_mass_log: nnx.Param float32 [heads]; M = softplus(gravity_mass_log).
   """
 
-  def __init__(self, num_heads: int, *, score: str = "gravity",
+  def __init__(self, num_heads: int, *arrays, score: str = "gravity",
                mass_init: float = attention_layers.DEFAULT_MASS_INIT, eps: float = 0.1,
-               causal: bool = False, implementation: str = "auto", rngs: nnx.Rngs | None = None):
+               causal: bool = False, implementation: str = "auto", rngs: nnx.Rngs | None = None,
+               **unknown):
     """Creates the mass.
 
     Args:
@@ -62,6 +63,14 @@ class GravityAttentionFn(nnx.Module):
       rngs: unused (the mass starts at a constant); accepted as NNX modules accept it.
     """
     del rngs
+    if hasattr(num_heads, "shape") or arrays:
+      # nnx.MultiHeadAttention calls attention_fn(query, key, value, mask=..., ...): given the
+      # class, that lands here with arrays.
+      raise TypeError("attention_fn=GravityAttentionFn was given the class; pass an instance, "
+                      "attention_fn=GravityAttentionFn(num_heads), so that NNX calls it with "
+                      "the arrays.")
+    if unknown:
+      raise TypeError(f"GravityAttentionFn() got unexpected keyword arguments {sorted(unknown)}.")
     if not isinstance(num_heads, int) or num_heads < 1:
       raise ValueError(f"num_heads={num_heads!r} must be a positive int: the query heads of "
                        "the attention layer this attention_fn serves.")

@@ -159,3 +159,13 @@ def test_nnx_transformer_trains_with_nnx_optimizer():
   eval_a, _ = model(tokens, deterministic=True)
   eval_b, _ = model(tokens, deterministic=True)
   np.testing.assert_array_equal(eval_a, eval_b)
+
+
+def test_the_nnx_class_instead_of_an_instance_names_the_fix():
+  layer = nnx.MultiHeadAttention(num_heads=2, in_features=16, decode=False,
+                                 attention_fn=ban_nnx.GravityAttentionFn, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match=r"pass an instance, attention_fn=GravityAttentionFn\("
+                                      r"num_heads\)"):
+    layer(jnp.ones((2, 8, 16)))
+  with pytest.raises(TypeError, match=r"unexpected keyword arguments \['mass_int'\]"):
+    ban_nnx.GravityAttentionFn(2, mass_int=0.5)

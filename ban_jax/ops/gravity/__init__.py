@@ -53,8 +53,9 @@ at O(q_len × k_len) memory.
 Derivatives (docs/derivatives.md, tested cell by cell): "xla" and "pallas" have their own
 backward pass (custom_vjp): grad and vjp work, and so does jvp of grad (forward-over-reverse);
 pure forward mode (jvp, jacfwd) does not, and raises a TypeError naming the ways out. Second
-reverse derivatives (grad of grad) work with an explicit mask, not with causal=True (its loops'
-bounds depend on the block); "reference" supports every mode. `eps`, `causal`, `score` and the
+reverse derivatives (grad of grad) work on "xla" with causal=True or a mask (a differentiated
+kernel runs its causal loops at full length, skipping blocks with lax.cond); "pallas" supports
+first derivatives only and says so; "reference" supports every mode. `eps`, `causal`, `score` and the
 block sizes are static (Python values).
 """
 

@@ -11,6 +11,7 @@ blockwise path must agree on it exactly.
 import math
 from typing import NamedTuple
 
+import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
@@ -240,6 +241,19 @@ def block_visibility(cfg: Config, aux, q_idx, k_idx, group, full_mask=None, k_va
                            *full_mask.shape[2:])
     vis = vis & fm
   return vis
+
+
+# The tracers JAX passes a custom_vjp's forward and backward when they are themselves being
+# differentiated (grad of grad: "LinearizeTracer"; jvp of grad: "JVPTracer"). Matched by name:
+# they are internal types. Were they renamed, the check would answer False and the kernels
+# would keep their first-derivative loops; tests/ops/gravity/test_derivatives.py would notice.
+_DIFFERENTIATING = ("LinearizeTracer", "JVPTracer")
+
+
+def differentiated(*trees) -> bool:
+  """Whether any leaf of `trees` is being differentiated by an enclosing transformation."""
+  return any(type(leaf).__name__ in _DIFFERENTIATING
+             for tree in trees for leaf in jax.tree.leaves(tree))
 
 
 def pad_axis(x, axis: int, n: int, value=0):

@@ -32,6 +32,7 @@ from jax.experimental import pallas as pl
 import jax.numpy as jnp
 
 from ban_jax.ops.gravity.canonical import Config
+from ban_jax.ops.gravity.canonical import differentiated
 from ban_jax.ops.gravity.canonical import pad_axis
 from ban_jax.ops.gravity.pallas_common import default_options
 from ban_jax.ops.gravity.pallas_common import Options
@@ -152,13 +153,23 @@ def _forward(st, params, side):
   return out, lse
 
 
+_SECOND_ORDER = ("gravity_attention(implementation='pallas') supports first derivatives only "
+                 "(grad, vjp): its kernels are not differentiable themselves. For grad of grad "
+                 "or jvp of grad use implementation='xla' (same blockwise memory) or "
+                 "'reference'.")
+
+
 def _attention_fwd(st, params, side):
+  if differentiated(params, side):
+    raise NotImplementedError(_SECOND_ORDER)
   out, lse = _forward(st, params, side)
   return out, (params, side, out, lse)
 
 
 def _attention_bwd(st, res, d_out):
   params, side, out, lse = res
+  if differentiated(res, d_out):
+    raise NotImplementedError(_SECOND_ORDER)
   d_out = d_out.astype(params["q"].dtype)
   # delta_i = rowsum(dO ∘ O), from the output as returned: [b, h, tq] float32.
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)

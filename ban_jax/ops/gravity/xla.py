@@ -6,7 +6,8 @@
 - `blockwise` runs over query and key blocks with an online softmax (`lax.map` over query
   blocks, `fori_loop` over key blocks), skips whole causal blocks above the diagonal, and has a
   `custom_vjp` whose backward recomputes each block, so memory is O(length x block), not
-  O(length²). Reverse mode only (grad, vjp). It runs on every backend.
+  O(length²). Reverse mode (grad, vjp), second reverse derivatives and jvp of grad; not pure
+  forward mode. It runs on every backend.
 
 Both take the canonical form of `canonical.prepare` and share its visibility rule.
 """
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 from ban_jax.ops import positional as pos_ops
 from ban_jax.ops.gravity.canonical import block_visibility
 from ban_jax.ops.gravity.canonical import Config
+from ban_jax.ops.gravity.canonical import differentiated
 from ban_jax.ops.gravity.canonical import pad_axis
 from ban_jax.ops.gravity.canonical import precision
 from ban_jax.ops.gravity.canonical import visibility
@@ -234,6 +236,20 @@ def _q_block_start(cfg, blk, aux, ks):
   return jnp.clip((ks - jnp.max(aux["q_off"])) // cfg.block_q, 0, blk.nq)
 
 
+def _block_loop(lo, hi, count, body, init, static):
+  """`fori_loop(lo, hi, body, init)` over blocks, with `lo`/`hi` possibly traced.
+
+  Causal bounds depend on the block, which makes a while loop; JAX cannot reverse-differentiate
+  one. When the kernel itself is being differentiated (`static`), the loop runs over all
+  `count` blocks and skips the out-of-range ones with `lax.cond`: the same arithmetic, a loop
+  JAX can transpose. First derivatives keep the dynamic bounds (no cond in the hot loop).
+  """
+  if not static:
+    return lax.fori_loop(lo, hi, body, init)
+  return lax.fori_loop(0, count, lambda i, c: lax.cond((i >= lo) & (i < hi), body,
+                                                       lambda _, c: c, i, c), init)
+
+
 def _norms(diff, blk):
   q, k = diff["q"], diff["k"]
   batch, tq = q.shape[:2]
@@ -246,6 +262,7 @@ def _norms(diff, blk):
 
 def _flash_forward(cfg, diff, aux):
   blk = _setup(cfg, diff)
+  static = cfg.causal and differentiated(diff, aux)
   bq, bk = cfg.block_q, cfg.block_k
   k, v = diff["k"], diff["v"]
   qg, qn, kn = _norms(diff, blk)
@@ -277,7 +294,7 @@ def _flash_forward(cfg, diff, aux):
 
     init = (jnp.full(shape_q, -jnp.inf, blk.acc), jnp.zeros(shape_q, blk.acc),
             jnp.zeros(shape_q + (blk.v_dim,), blk.acc))
-    m, l, o = lax.fori_loop(0, _k_block_end(cfg, blk, aux, qs), k_step, init)
+    m, l, o = _block_loop(0, _k_block_end(cfg, blk, aux, qs), blk.nk, k_step, init, static)
     seen = l > 0
     o = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
     m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -294,6 +311,7 @@ def _flash_forward(cfg, diff, aux):
 def _flash_bwd(cfg, res, d_out):
   diff, aux, out, lse = res
   blk = _setup(cfg, diff)
+  static = cfg.causal and differentiated(res, d_out)
   bq, bk = cfg.block_q, cfg.block_k
   q, k, v = diff["q"], diff["k"], diff["v"]
   dtype = q.dtype
@@ -383,8 +401,8 @@ def _flash_bwd(cfg, res, d_out):
             jnp.zeros((blk.batch, bk, blk.kv_heads, blk.v_dim), blk.acc),
             None if diff["key_term"] is None else jnp.zeros((blk.batch, bk), blk.acc),
             dq, small)
-    dk, dv, dkt, dq, small = lax.fori_loop(_q_block_start(cfg, blk, aux, ks), blk.nq, q_step,
-                                           init)
+    dk, dv, dkt, dq, small = _block_loop(_q_block_start(cfg, blk, aux, ks), blk.nq, blk.nq,
+                                         q_step, init, static)
     return (dq, small), (dk, dv, dkt)
 
   dq0 = jnp.zeros(five + (blk.head_dim,), blk.acc)
