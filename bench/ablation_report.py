@@ -244,7 +244,7 @@ def report(results: dict, json_path: str, scale: str = "cpu"):
 
 Written by `python bench/ablation.py --report_only` from `bench/results/ablation.json`
 ({len(runs)} finished runs at `--scale={scale}`; the largest spread of training FLOPs between
-runs is {spread:.1%}). The protocol (every study in bench/ follows it): each arm's learning
+runs is {spread:.1%}). The protocol (at the top of this file): each arm's learning
 rate is the best of a 3-value sweep at seed 0, widened by factors of 2 while the best sits on
 the grid's edge (a `*` marks one still on the edge after two widenings, or not yet widened);
 the mean ± std counts the seeds trained after the choice (1-2, or 1-5 for the arms that set a

@@ -1,0 +1,262 @@
+r"""Recall where attention matters: MQAR, induction heads and selective copying (issue 26).
+
+    python bench/recall.py --deadline_s=3600       # the plan, run by run, resumable
+    python bench/recall.py --report_only           # table, plot, docs/results.md section
+    python bench/recall.py --stage=screen --arms=transformer_dot --steps=200   # a part of it
+
+Small models of configs/wiki.py's presets (2 layers, head_dim 16, heads = width / 16) train on
+fresh synthetic sequences (`bench/recall_tasks.py`) at T = 128 with a masked next-token loss on
+the positions that test recall, AdamW with a linear warm-up and cosine decay. Each finished run
+reports exact-match accuracy per query on 2,000 fresh sequences of a seed of their own, and a
+learning curve (accuracy on 256 sequences at 10 points of training); "solved" means >= 99%.
+
+Arms: the transformer with RoPE and each score (dot, gravity = Gravity-2's M²/(‖q−k‖²+ε),
+inverse_square), the BAN with the dot score and RoPE, and the shipped default system (the BAN
+with the inverse-square score, context tagging and the power-law field; no Gravity Wells, a
+training-time mechanism with no role on infinite synthetic data) with tagging off or from
+surprisal.
+
+The plan, in stages (each run appended to bench/results/recall.json when it ends):
+  screen  MQAR with 16 pairs at width 64: a 3-rate sweep per arm (the gravity logit is bounded
+          by M²/ε, so rates matter); the best rate is used from then on.
+  widths  MQAR with 8, 16 and 32 pairs at widths 32, 64, 128 per main arm: the smallest width
+          that solves each, as Zoology's figure reports it.
+  tasks   induction heads and selective copying at width 64 per main arm.
+  tagging the default system with tagging off and from surprisal on MQAR 16 at width 64.
+  seeds   seeds 1 and 2 for every cell whose accuracy landed between 50% and 99%.
+Length generalisation of the positional kinds and eviction on recall (issue 26, items 2-3) are
+not part of this script yet.
+"""
+
+import functools
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from bench import cli_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import recall_tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+SEQ_LEN = 128
+VOCAB = 256
+BATCH = 32
+HEAD_DIM = 16
+LAYERS = 2
+STEPS = 2000
+EVAL_SEQUENCES = 2000
+CURVE_POINTS, CURVE_SEQUENCES = 10, 256
+SOLVED = 0.99
+LEARNING_RATES = (1e-3, 3e-3, 1e-2)
+WIDTHS = (32, 64, 128)
+SCREEN = dict(task="mqar", pairs=16, width=64)
+
+_TRANSFORMER = dict(preset="transformer", positional="rope", tagging=False)
+_DEFAULT = dict(preset="ban", attention="inverse_square", positional="power_law", tagging=True)
+ARMS = {
+    "transformer_dot": dict(_TRANSFORMER, attention="dot"),
+    "transformer_gravity": dict(_TRANSFORMER, attention="gravity"),
+    "transformer_inverse_square": dict(_TRANSFORMER, attention="inverse_square"),
+    "ban": dict(preset="ban", attention="dot", positional="rope", tagging=False),
+    "default": _DEFAULT,
+    "default_tagging_off": dict(_DEFAULT, tagging=False),
+    "default_surprisal_tags": dict(_DEFAULT, tagging_source="surprisal"),
+}
+MAIN_ARMS = ("transformer_dot", "transformer_gravity", "transformer_inverse_square", "ban",
+             "default")
+STAGES = ("screen", "widths", "tasks", "tagging", "seeds")
+
+
+def model_config(arm: str, width: int):
+  """configs/wiki.py's preset of `arm` at `width`, as a `config.model` block."""
+  from configs import wiki  # pylint: disable=g-import-not-at-top
+  spec = ARMS[arm]
+  c = wiki.get_config(spec["preset"]).model
+  c.update(d_model=width, num_layers=LAYERS, num_heads=max(width // HEAD_DIM, 1),
+           num_kv_heads=max(width // HEAD_DIM, 1), head_dim=HEAD_DIM, dtype="float32",
+           attention=spec["attention"], positional=spec["positional"], tagging=spec["tagging"],
+           dropout_rate=0.0)
+  if "tagging_source" in spec:
+    c.tagging_source = spec["tagging_source"]
+  if spec["preset"] == "transformer":
+    c.mlp_dim = 4 * width
+  else:
+    c.update(num_branches=3, attractor_steps=4, unroll=True)
+  return c
+
+
+def task_kwargs(cell: dict) -> dict:
+  return {"pairs": cell["pairs"], "placement": cell.get("placement", "uniform")} if (
+      cell["task"] == "mqar") else {}
+
+
+def accuracy(apply_fn, params, batch) -> tuple[int, int]:
+  """(correct, total) exact-match predictions at the weighted positions of `batch`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  logits = np.asarray(apply_fn(params, batch))
+  w = batch["weights"] > 0
+  return int(np.sum((logits.argmax(-1) == batch["targets"]) & w)), int(np.sum(w))
+
+
+def train_one(cell: dict, *, steps: int, log=print) -> dict:
+  """Trains `cell` (arm, task, width, lr, seed, task arguments); returns its record."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from ban_jax import models  # pylint: disable=g-import-not-at-top
+  from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  model = models.get_model(model_config(cell["arm"], cell["width"]), VOCAB)
+  data = functools.partial(recall_tasks.generate, cell["task"], batch=BATCH, seq_len=SEQ_LEN,
+                           vocab=VOCAB, **task_kwargs(cell))
+  train_rng = np.random.default_rng([cell["seed"], 0])
+  batch0 = data(train_rng)
+  params = model.init(jax.random.key(cell["seed"]), jnp.asarray(batch0["inputs"]),
+                      positions=jnp.asarray(batch0["positions"]), deterministic=True)["params"]
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cell["lr"], max(steps // 20, 1), steps,
+                                                cell["lr"] / 10)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
+  opt_state = tx.init(params)
+
+  def loss_fn(p, batch):
+    logits, sown = steps_lib.forward(model, p, batch)
+    nll = steps_lib.token_nll(logits, batch["targets"])
+    aux = sum((jnp.sum(x) for x in jax.tree.leaves(sown.get("losses", {}))), jnp.zeros(()))
+    return jnp.sum(nll * batch["weights"]) / jnp.maximum(jnp.sum(batch["weights"]), 1.0) + aux
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(p, o, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(p, batch)
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o, loss
+
+  apply_fn = jax.jit(lambda p, batch: steps_lib.forward(model, p, batch)[0])
+  curve_rng_seed = [cell["seed"], 1]
+  curve, losses = [], []
+  every = max(steps // CURVE_POINTS, 1)
+  batch = batch0
+  for step in range(steps):
+    params, opt_state, loss = train_step(params, opt_state, jax.tree.map(jnp.asarray, batch))
+    batch = data(train_rng)
+    if (step + 1) % every == 0 or step + 1 == steps:
+      losses.append(float(loss))
+      held = data(np.random.default_rng(curve_rng_seed), batch=CURVE_SEQUENCES)
+      right, total = accuracy(apply_fn, params, held)
+      curve.append([step + 1, right / total])
+      rate = (step + 1) / (time.time() - start)
+      log(f"[recall]   step {step + 1}/{steps}: loss {float(loss):.3f}, accuracy "
+          f"{right / total:.3f} ({rate:.1f} steps/s, ETA {(steps - step - 1) / rate:.0f} s)")
+  eval_rng = np.random.default_rng([cell["seed"], 2])
+  right = total = 0
+  for _ in range(EVAL_SEQUENCES // 250):
+    r, t = accuracy(apply_fn, params, data(eval_rng, batch=250))
+    right, total = right + r, total + t
+  return dict(cell, steps=steps, accuracy=right / total, queries=total, curve=curve,
+              losses=losses, params=int(num_params), wall_s=time.time() - start)
+
+
+def key_of(cell: dict) -> tuple:
+  return (cell["arm"], cell["task"], cell.get("pairs"), cell.get("placement", "uniform"),
+          cell["width"], cell["lr"], cell["seed"])
+
+
+def best_lr(runs, arm) -> float | None:
+  """The screening cell's best rate for `arm` (seed 0), or None before its sweep is done."""
+  sweep = {r["lr"]: r["accuracy"] for r in runs if r["arm"] == arm and r["seed"] == 0
+           and r["task"] == SCREEN["task"] and r.get("pairs") == SCREEN["pairs"]
+           and r["width"] == SCREEN["width"]}
+  if any(lr not in sweep for lr in LEARNING_RATES):
+    return None
+  # Ties (e.g. several rates at 100%) go to the middle of the grid, then the lower rate.
+  return max(LEARNING_RATES, key=lambda lr: (round(sweep[lr], 3),
+                                             -abs(LEARNING_RATES.index(lr) - 1), -lr))
+
+
+def plan(runs, arms, stages) -> list[dict]:
+  """The cells still to train, in order (the later stages need the screen's rates)."""
+  cells = []
+  if "screen" in stages:
+    cells += [dict(SCREEN, arm=arm, lr=lr, seed=0) for arm in arms for lr in LEARNING_RATES]
+  rates = {arm: best_lr(runs, arm) for arm in arms}
+  main = [a for a in arms if a in MAIN_ARMS and rates[a] is not None]
+  if "widths" in stages:
+    cells += [dict(task="mqar", pairs=pairs, width=width, arm=arm, lr=rates[arm], seed=0)
+              for pairs in (16, 8, 32) for width in WIDTHS for arm in main]
+  if "tasks" in stages:
+    cells += [dict(task=task, width=64, arm=arm, lr=rates[arm], seed=0)
+              for task in ("induction", "copying") for arm in main]
+  if "tagging" in stages:
+    cells += [dict(SCREEN, arm=arm, lr=rates["default"], seed=0)
+              for arm in ("default_tagging_off", "default_surprisal_tags")
+              if arm in arms and rates.get("default") is not None]
+  if "seeds" in stages:
+    middling = [r for r in runs if r["seed"] == 0 and 0.5 <= r["accuracy"] < SOLVED
+                and r["lr"] == rates.get(r["arm"]) and r["arm"] in arms]
+    keep = ("task", "width", "arm", "lr", "pairs", "placement")
+    cells += [dict({k: r[k] for k in keep if k in r}, seed=seed)
+              for r in middling for seed in (1, 2)]
+  done = {key_of(r) for r in runs}
+  out, seen = [], set()
+  for c in cells:
+    if key_of(c) not in done and key_of(c) not in seen:
+      seen.add(key_of(c))
+      out.append(c)
+  return out
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  results = cli_runs.load_json(FLAGS.out)
+  if FLAGS.report_only:
+    from bench import recall_report  # pylint: disable=g-import-not-at-top
+    recall_report.report(results, FLAGS.out)
+    return
+  arms = FLAGS.arms or list(ARMS)
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown:
+    raise app.UsageError(f"--arms: unknown {unknown}; the arms are {list(ARMS)}.")
+  stages = FLAGS.stage or list(STAGES)
+  deadline = time.time() + FLAGS.deadline_s if FLAGS.deadline_s else None
+  started = time.time()
+  while True:
+    todo = plan(results["runs"], arms, stages)
+    if not todo:
+      print("[recall] nothing left to train in these stages", flush=True)
+      break
+    cell = todo[0]
+    walls = [r["wall_s"] * FLAGS.steps / r["steps"] for r in results["runs"]
+             if r["width"] == cell["width"] and r["arm"] == cell["arm"]]
+    if deadline is not None and walls and time.time() + min(walls) > deadline:
+      print("[recall] deadline: no time for another run; rerun to continue", flush=True)
+      break
+    print(f"[recall] {len(todo)} cells left; {json.dumps(cell)}", flush=True)
+    record = train_one(cell, steps=FLAGS.steps, log=lambda s: print(s, flush=True))
+    results["runs"].append(record)
+    results["wall_s"] = results.get("wall_s", 0.0) + record["wall_s"]
+    results["run_count"] = len(results["runs"])
+    cli_runs.save_json(FLAGS.out, results)
+    print(f"[recall]   accuracy {record['accuracy']:.4f} on {record['queries']} queries, "
+          f"{record['wall_s']:.0f} s ({time.time() - started:.0f} s this session)", flush=True)
+
+
+def define_flags():
+  """The command line's flags (defined on run, so that tests can import several scripts)."""
+  cli_runs.define_study_flags("recall", seeds=False)
+  flags.DEFINE_list("arms", [], f"Only these arms (default: all of {list(ARMS)}).")
+  flags.DEFINE_multi_enum("stage", [], STAGES, "Only these stages (default: all, in order).")
+  flags.DEFINE_integer("steps", STEPS, "Training steps per run.")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
