@@ -22,10 +22,21 @@ The plan, in stages (each run appended to bench/results/recall.json when it ends
   widths  MQAR with 8, 16 and 32 pairs at widths 32, 64, 128 per main arm: the smallest width
           that solves each, as Zoology's figure reports it.
   tasks   induction heads and selective copying at width 64 per main arm.
+  eviction the transformer (dot) and the default system on MQAR with 8 pairs whose queries sit
+          at the end (placement "end", ~100 tokens after their keys) at width 64, then decoded
+          token by token through `ban_jax.inference.decode.Decoder` with each of the seven
+          cache policies at budgets of 1/4, 1/8 and 1/16 of the context; accuracy per policy
+          and budget, paired over the same 1,000 sequences.
+  widths  MQAR with 16, 8 and 32 pairs at widths 32, 64, 128 per main arm, in ascending width
+          until one solves: the smallest width that solves each, as Zoology's figure reports.
+  length  the BAN (dot score) with each positional kind (rope, power_law, alibi, none; the
+          arms of bench/extrapolation.py) trained at T = 128 on MQAR 16 and induction at width
+          64, then tested at T = 256, 512, 1024 on 1,000 fresh sequences each.
+  tasks   induction heads and selective copying at width 64 per main arm.
   tagging the default system with tagging off and from surprisal on MQAR 16 at width 64.
   seeds   seeds 1 and 2 for every cell whose accuracy landed between 50% and 99%.
-Length generalisation of the positional kinds and eviction on recall (issue 26, items 2-3) are
-not part of this script yet.
+Every arm takes its rate from its own screen, but the tagging variants take the default's and
+the positional variants the BAN's (one sweep per model, not per knob).
 """
 
 import functools
@@ -56,6 +67,15 @@ SOLVED = 0.99
 LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 WIDTHS = (32, 64, 128)
 SCREEN = dict(task="mqar", pairs=16, width=64)
+EVICTION = dict(task="mqar", pairs=8, placement="end", width=64)
+EVICTION_ARMS = ("transformer_dot", "default")
+EVICTION_POLICIES = ("full", "recent", "sinks", "h2o", "tova", "knorm", "gravity")
+EVICTION_FRACTIONS = (4, 8, 16)             # budgets of SEQ_LEN / 4, / 8, / 16 slots
+EVICTION_SEQUENCES = 1000
+LENGTH_ARMS = ("ban", "ban_power_law", "ban_alibi", "ban_none")
+LENGTH_CELLS = (dict(task="mqar", pairs=16, width=64), dict(task="induction", width=64))
+LONG_LENS = (256, 512, 1024)
+LONG_SEQUENCES = 1000
 
 _TRANSFORMER = dict(preset="transformer", positional="rope", tagging=False)
 _DEFAULT = dict(preset="ban", attention="inverse_square", positional="power_law", tagging=True)
@@ -67,10 +87,14 @@ ARMS = {
     "default": _DEFAULT,
     "default_tagging_off": dict(_DEFAULT, tagging=False),
     "default_surprisal_tags": dict(_DEFAULT, tagging_source="surprisal"),
+    **{f"ban_{kind}": dict(preset="ban", attention="dot", positional=kind, tagging=False)
+       for kind in ("power_law", "alibi", "none")},
 }
+RATE_FROM = {"default_tagging_off": "default", "default_surprisal_tags": "default",
+             "ban_power_law": "ban", "ban_alibi": "ban", "ban_none": "ban"}
 MAIN_ARMS = ("transformer_dot", "transformer_gravity", "transformer_inverse_square", "ban",
              "default")
-STAGES = ("screen", "widths", "tasks", "tagging", "seeds")
+STAGES = ("screen", "eviction", "widths", "length", "tasks", "tagging", "seeds")
 
 
 def model_config(arm: str, width: int):
@@ -160,8 +184,87 @@ def train_one(cell: dict, *, steps: int, log=print) -> dict:
   for _ in range(EVAL_SEQUENCES // 250):
     r, t = accuracy(apply_fn, params, data(eval_rng, batch=250))
     right, total = right + r, total + t
-  return dict(cell, steps=steps, accuracy=right / total, queries=total, curve=curve,
-              losses=losses, params=int(num_params), wall_s=time.time() - start)
+  record = dict(cell, steps=steps, accuracy=right / total, queries=total, curve=curve,
+                losses=losses, params=int(num_params))
+  if is_length_cell(cell):
+    record["lengths"] = {str(SEQ_LEN): right / total}
+    for length in LONG_LENS:
+      record["lengths"][str(length)] = long_accuracy(apply_fn, params, cell, length)
+      log(f"[recall]   at T = {length}: accuracy {record['lengths'][str(length)]:.4f}")
+  if is_eviction_cell(cell):
+    record["eviction"] = eviction_accuracy(model, params, cell, log)
+  record["wall_s"] = time.time() - start
+  return record
+
+
+def _same(cell: dict, spec: dict) -> bool:
+  return all(cell.get(k, "uniform" if k == "placement" else None) == v for k, v in spec.items())
+
+
+def is_length_cell(cell: dict) -> bool:
+  return cell["arm"] in LENGTH_ARMS and any(
+      _same(cell, dict(c, placement="uniform") if c["task"] == "mqar" else c)
+      for c in LENGTH_CELLS)
+
+
+def is_eviction_cell(cell: dict) -> bool:
+  return cell["arm"] in EVICTION_ARMS and _same(cell, EVICTION)
+
+
+def long_accuracy(apply_fn, params, cell: dict, length: int) -> float:
+  """Accuracy per query on LONG_SEQUENCES fresh sequences of `length` tokens."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng([cell["seed"], 4, length])
+  per_batch = max(1, 250 * SEQ_LEN // length)   # the same tokens per batch at every length
+  right = total = 0
+  for start in range(0, LONG_SEQUENCES, per_batch):
+    batch = recall_tasks.generate(cell["task"], rng, min(per_batch, LONG_SEQUENCES - start),
+                                  length, VOCAB, **task_kwargs(cell))
+    r, t = accuracy(apply_fn, params, batch)
+    right, total = right + r, total + t
+  return right / total
+
+
+def eviction_accuracy(model, params, cell: dict, log=print) -> dict:
+  """Exact-match recall decoded token by token under each policy and budget.
+
+  Every policy sees the same EVICTION_SEQUENCES sequences; the paired difference of each
+  policy from "gravity" is over per-sequence accuracies (mean and its standard error).
+
+  Returns:
+    {"budgets": [...], "accuracy": {policy: {budget: acc}}, "vs_gravity": {policy: {budget:
+    [mean difference (policy − gravity), standard error]}}, "full": the unbounded cache's
+    accuracy through the decoder (equal to the parallel forward's up to ties).}
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ban_jax.inference import decode  # pylint: disable=g-import-not-at-top
+  from ban_jax.ops import kv_cache  # pylint: disable=g-import-not-at-top
+  batch = recall_tasks.generate(cell["task"], np.random.default_rng([cell["seed"], 3]),
+                                EVICTION_SEQUENCES, SEQ_LEN, VOCAB, **task_kwargs(cell))
+  tokens = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+  asked = batch["weights"] > 0
+
+  def per_sequence(spec):
+    dec = decode.Decoder(model, spec)
+    guess = np.concatenate([np.asarray(dec.predict(params, tokens[i:i + 250]))
+                            for i in range(0, len(tokens), 250)])
+    return ((guess == batch["targets"]) & asked).sum(1) / asked.sum(1)
+
+  full = per_sequence(kv_cache.KVSpec("full", slots=SEQ_LEN + 1))
+  budgets = [SEQ_LEN // f for f in EVICTION_FRACTIONS]
+  scores = {}
+  for policy in EVICTION_POLICIES[1:]:
+    for slots in budgets:
+      scores[(policy, slots)] = per_sequence(kv_cache.KVSpec(policy, slots=slots))
+      log(f"[recall]   eviction {policy} at {slots} slots: "
+          f"{scores[(policy, slots)].mean():.4f} (full cache {full.mean():.4f})")
+  out = {"budgets": budgets, "full": float(full.mean()), "accuracy": {}, "vs_gravity": {}}
+  for (policy, slots), acc in scores.items():
+    diff = acc - scores[("gravity", slots)]
+    out["accuracy"].setdefault(policy, {})[str(slots)] = float(acc.mean())
+    out["vs_gravity"].setdefault(policy, {})[str(slots)] = [
+        float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))]
+  return out
 
 
 def key_of(cell: dict) -> tuple:
@@ -170,7 +273,11 @@ def key_of(cell: dict) -> tuple:
 
 
 def best_lr(runs, arm) -> float | None:
-  """The screening cell's best rate for `arm` (seed 0), or None before its sweep is done."""
+  """The screening cell's best rate for `arm` (seed 0), or None before its sweep is done.
+
+  Arms in RATE_FROM take the rate of the arm they vary.
+  """
+  arm = RATE_FROM.get(arm, arm)
   sweep = {r["lr"]: r["accuracy"] for r in runs if r["arm"] == arm and r["seed"] == 0
            and r["task"] == SCREEN["task"] and r.get("pairs") == SCREEN["pairs"]
            and r["width"] == SCREEN["width"]}
@@ -185,12 +292,26 @@ def plan(runs, arms, stages) -> list[dict]:
   """The cells still to train, in order (the later stages need the screen's rates)."""
   cells = []
   if "screen" in stages:
-    cells += [dict(SCREEN, arm=arm, lr=lr, seed=0) for arm in arms for lr in LEARNING_RATES]
+    cells += [dict(SCREEN, arm=arm, lr=lr, seed=0) for arm in arms if arm not in RATE_FROM
+              for lr in LEARNING_RATES]
   rates = {arm: best_lr(runs, arm) for arm in arms}
   main = [a for a in arms if a in MAIN_ARMS and rates[a] is not None]
+  if "eviction" in stages:
+    cells += [dict(EVICTION, arm=arm, lr=rates[arm], seed=0) for arm in EVICTION_ARMS
+              if arm in arms and rates[arm] is not None]
   if "widths" in stages:
-    cells += [dict(task="mqar", pairs=pairs, width=width, arm=arm, lr=rates[arm], seed=0)
-              for pairs in (16, 8, 32) for width in WIDTHS for arm in main]
+    for pairs in (16, 8, 32):
+      for arm in main:
+        # Ascending widths until one solves: the smallest solving width is the result.
+        for width in WIDTHS:
+          cell = dict(task="mqar", pairs=pairs, width=width, arm=arm, lr=rates[arm], seed=0)
+          cells.append(cell)
+          done = [r for r in runs if key_of(r) == key_of(cell)]
+          if not done or done[0]["accuracy"] >= SOLVED:
+            break
+  if "length" in stages:
+    cells += [dict(c, arm=arm, lr=rates[arm], seed=0) for c in LENGTH_CELLS
+              for arm in arms if arm in LENGTH_ARMS and rates[arm] is not None]
   if "tasks" in stages:
     cells += [dict(task=task, width=64, arm=arm, lr=rates[arm], seed=0)
               for task in ("induction", "copying") for arm in main]

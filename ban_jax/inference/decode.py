@@ -8,6 +8,8 @@
 - `step(params, cache, tokens, positions, surprisal)`: the next token(s); O(slots) per token.
 - `score(params, tokens)`: feeds a stream one token at a time through the cache (a `lax.scan`)
   and returns every token's negative log-likelihood: bits/byte under a bounded cache.
+- `predict(params, tokens)`: the same stream's teacher-forced argmax predictions: exact-match
+  recall under a bounded cache (one compiled scan serves both).
 
 Each token's surprisal under the model (−log P from the previous step's logits) is stored with
 it in every layer's cache, for the "gravity" policy; a prompt's tokens get theirs from the
@@ -68,27 +70,28 @@ class Decoder:
       logits, cache = apply(params, None, tokens, positions, None)
       return logits, set_prompt_surprisal(cache, prompt_surprisal(logits, tokens))
 
-    def score(params, tokens):
+    def stream(params, tokens):
       logits, cache = prefill(params, tokens[:, :1])
 
       def body(carry, token_and_position):
         cache, last = carry
         token, position = token_and_position
         nll = next_surprisal(last, token)
+        guess = jnp.argmax(last, axis=-1).astype(jnp.int32)
         out, cache = apply(params, cache, token[:, None], position[:, None], nll[:, None])
-        return (cache, out[:, 0]), nll
+        return (cache, out[:, 0]), (nll, guess)
 
       b, n = tokens.shape
       positions = jnp.broadcast_to(jnp.arange(1, n, dtype=jnp.int32), (b, n - 1))
-      _, nll = jax.lax.scan(body, (cache, logits[:, 0]),
-                            (tokens[:, 1:].T, positions.T))
-      return nll.T
+      _, (nll, guess) = jax.lax.scan(body, (cache, logits[:, 0]),
+                                     (tokens[:, 1:].T, positions.T))
+      return nll.T, guess.T
 
     # The traceable step, for callers that fuse it with more work under their own jit.
     self.apply = apply
     self._apply = jax.jit(apply, donate_argnums=(1,))
     self._prefill = jax.jit(prefill)
-    self._score = jax.jit(score)
+    self._stream = jax.jit(stream)
 
   @property
   def step_fn(self):
@@ -124,4 +127,17 @@ class Decoder:
     Returns:
       float32 [batch, n - 1].
     """
-    return self._score(params, jnp.asarray(tokens, jnp.int32))
+    return self._stream(params, jnp.asarray(tokens, jnp.int32))[0]
+
+  def predict(self, params, tokens):
+    """Teacher-forced argmax of tokens[:, 1:] given everything before, through the cache.
+
+    Args:
+      params: the model's parameters.
+      tokens: int [batch, n], n >= 2; each row one stream from position 0.
+
+    Returns:
+      int32 [batch, n - 1]: the model's most likely token at each position, which a
+      recall benchmark compares with tokens[:, 1:] where its queries are.
+    """
+    return self._stream(params, jnp.asarray(tokens, jnp.int32))[1]

@@ -26,8 +26,10 @@ def test_the_plan_screens_first_then_uses_the_chosen_rate():
   cells = recall.plan(runs, arms, recall.STAGES)
   dot = [c for c in cells if c["arm"] == "transformer_dot"]
   assert {c["lr"] for c in dot} == {recall.LEARNING_RATES[1]}
-  widths = {(c.get("pairs"), c["width"]) for c in dot if c["task"] == "mqar" and not c["seed"]}
-  assert widths == {(p, w) for p in (8, 16, 32) for w in recall.WIDTHS} - {(16, 64)}
+  assert recall.is_eviction_cell(dot[0])                 # eviction right after the screen
+  widths = {(c.get("pairs"), c["width"]) for c in dot if c["task"] == "mqar" and not c["seed"]
+            and c.get("placement", "uniform") == "uniform"}
+  assert widths == {(p, recall.WIDTHS[0]) for p in (8, 16, 32)}   # the smallest width first
   assert {c["task"] for c in dot} == {"mqar", "induction", "copying"}
   # 97% is between 50% and 99%: seeds 1 and 2 for that cell; 30% and 60% at other rates: no.
   seeds = [c for c in dot if c["seed"] > 0]
@@ -58,3 +60,51 @@ def test_the_report_renders(tmp_path, monkeypatch):
   text = (tmp_path / "results.md").read_text()
   assert "| transformer_dot | 64 |" in text          # smallest width solving MQAR 16 pairs
   assert (tmp_path / "recall.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_widths_ascend_until_one_solves_and_variants_take_their_models_rate():
+  rates = recall.LEARNING_RATES
+  runs = [_run("ban", lr, acc) for lr, acc in zip(rates, (0.2, 0.9, 0.5))]
+  def widths_planned(runs):
+    return sorted(c["width"] for c in recall.plan(runs, ["ban"], ["widths"])
+                  if c["pairs"] == 16)
+  # The screen's own cell (width 64) is unsolved, width 32 is not yet trained.
+  assert widths_planned(runs) == [32]
+  runs.append(_run("ban", rates[1], 0.4, width=32))
+  assert widths_planned(runs) == [128]                   # 32 and 64 unsolved
+  runs.append(_run("ban", rates[1], 0.995, width=128))
+  assert widths_planned(runs) == []
+  solved_small = [_run("ban", lr, acc) for lr, acc in zip(rates, (0.2, 0.9, 0.5))]
+  solved_small.append(_run("ban", rates[1], 1.0, width=32))
+  assert widths_planned(solved_small) == []              # 64 and 128 never trained
+  # The positional variants are the BAN's length cells at the BAN's rate; no screen of their own.
+  length = recall.plan(runs, ["ban", "ban_alibi", "ban_none"], ["screen", "length"])
+  assert {c["lr"] for c in length} == {rates[1]}
+  assert {(c["arm"], c["task"]) for c in length if recall.is_length_cell(c)} == {
+      (a, t) for a in ("ban", "ban_alibi", "ban_none") for t in ("mqar", "induction")} - {
+          ("ban", "mqar")}                               # the screen's cell already ran
+  assert all(recall.is_length_cell(c) for c in length)
+
+
+def test_a_length_cell_reports_longer_lengths(monkeypatch):
+  monkeypatch.setattr(recall, "LONG_LENS", (256,))
+  monkeypatch.setattr(recall, "LONG_SEQUENCES", 40)
+  monkeypatch.setattr(recall, "EVAL_SEQUENCES", 250)
+  cell = dict(task="induction", width=64, arm="ban_alibi", lr=3e-3, seed=0)
+  record = recall.train_one(cell, steps=2, log=lambda s: None)
+  assert set(record["lengths"]) == {"128", "256"}
+  assert record["lengths"]["128"] == record["accuracy"]
+  assert all(0.0 <= a <= 1.0 for a in record["lengths"].values())
+
+
+def test_an_eviction_cell_scores_every_policy_on_the_same_sequences(monkeypatch):
+  monkeypatch.setattr(recall, "EVICTION_POLICIES", ("full", "recent", "gravity"))
+  monkeypatch.setattr(recall, "EVICTION_FRACTIONS", (4,))
+  monkeypatch.setattr(recall, "EVICTION_SEQUENCES", 6)
+  monkeypatch.setattr(recall, "EVAL_SEQUENCES", 250)
+  cell = dict(recall.EVICTION, arm="transformer_dot", lr=3e-3, seed=0)
+  ev = recall.train_one(cell, steps=2, log=lambda s: None)["eviction"]
+  assert ev["budgets"] == [recall.SEQ_LEN // 4]
+  assert set(ev["accuracy"]) == {"recent", "gravity"}
+  assert ev["vs_gravity"]["gravity"]["32"] == [0.0, 0.0]    # paired with itself: exactly 0
+  assert 0.0 <= ev["full"] <= 1.0

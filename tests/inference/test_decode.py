@@ -90,6 +90,11 @@ def test_decoding_with_an_unbounded_cache_equals_the_full_forward(setting):
     want = -jnp.take_along_axis(jax.nn.log_softmax(full[:, :-1]), tokens[:, 1:, None],
                                 -1)[..., 0]
     np.testing.assert_allclose(nll, want, atol=1e-4, rtol=1e-4)
+    # And the argmax the parallel forward takes (where its top two logits are apart).
+    top2 = jnp.sort(full[:, :-1], axis=-1)[..., -2:]
+    clear = np.asarray(top2[..., 1] - top2[..., 0] > 1e-3)
+    guess = np.asarray(dec.predict(params, tokens))
+    np.testing.assert_array_equal(guess[clear], np.asarray(jnp.argmax(full[:, :-1], -1))[clear])
 
 
 def test_greedy_generation_equals_recomputing_the_window_and_a_small_cache_differs():
