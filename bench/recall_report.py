@@ -52,6 +52,139 @@ def smallest_solving_width(runs, label, arm):
   return None
 
 
+def _se(values, queries) -> float:
+  """The standard error of a cell's accuracy: over seeds where several, else over queries.
+
+  One seed's error counts only the test sequences, not training variance; verdicts from it are
+  marked (1 seed).
+  """
+  mean, std = _mean_std(values)
+  if len(values) > 1:
+    return std / math.sqrt(len(values))
+  return math.sqrt(max(mean * (1 - mean), 1.0 / queries) / queries)
+
+
+def verdict(diff: float, se: float) -> str:
+  z = diff / se if se > 0 else (math.inf if diff > 0 else -math.inf if diff < 0 else 0.0)
+  return ("yes" if z > 2 else "no (worse)" if z < -2 else "not shown") + f" (z {z:+.1f})"
+
+
+def arm_vs_dot(runs, label, width, arm, base="transformer_dot"):
+  """(diff, se, seeds) of `arm` minus `base` at one task and width, each at its own rate."""
+  got = {}
+  for a in (arm, base):
+    rate = recall.best_lr(runs, a)
+    rs = [r for r in runs if r["arm"] == a and task_label(r) == label and r["width"] == width
+          and r["lr"] == rate]
+    if not rs:
+      return None
+    values = [r["accuracy"] for r in rs]
+    got[a] = (_mean_std(values)[0], _se(values, rs[0]["queries"]), len(values))
+  diff = got[arm][0] - got[base][0]
+  return diff, math.hypot(got[arm][1], got[base][1]), min(got[arm][2], got[base][2])
+
+
+def _plot_extra(runs, png):
+  """Accuracy vs length per positional kind, and vs cache budget per eviction policy."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  length = [r for r in runs if "lengths" in r]
+  evict = [r for r in runs if "eviction" in r]
+  panels = sorted({task_label(r) for r in length}) + [r["arm"] for r in evict]
+  if not panels:
+    return False
+  fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    for r in length:
+      if task_label(r) == panel:
+        pts = sorted((int(t), a) for t, a in r["lengths"].items())
+        ax.plot(*zip(*pts), "o-", label=recall.ARMS[r["arm"]]["positional"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("test length T (trained at 128)")
+        ax.set_title(f"{panel}: positional kinds (BAN)")
+    for r in evict:
+      if r["arm"] == panel:
+        ev = r["eviction"]
+        for policy, accs in ev["accuracy"].items():
+          pts = sorted((int(b), a) for b, a in accs.items())
+          ax.plot(*zip(*pts), "o-", label=policy, lw=2.5 if policy == "gravity" else 1)
+        ax.axhline(ev["full"], color="k", lw=0.7, ls="--", label="full cache")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"cache slots (context {recall.SEQ_LEN})")
+        ax.set_title(f"eviction on MQAR ({panel})")
+    ax.set_ylabel("accuracy per query")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(png, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return True
+
+
+def eviction_lines(runs) -> list[str]:
+  evict = [r for r in runs if "eviction" in r]
+  if not evict:
+    return []
+  text = ["\n**Eviction on recall** (MQAR 8 pairs, queries at the end, width 64; decoded token "
+          f"by token through `Decoder`; {recall.EVICTION_SEQUENCES:,} sequences, the same for "
+          "every policy; Δ = policy − gravity, paired per sequence, ± its SE):\n"]
+  for r in evict:
+    ev = r["eviction"]
+    solved = "solved" if ev["full"] >= recall.SOLVED else "**not solved: verdicts are weak**"
+    text += [f"*{r['arm']}* (lr {r['lr']:g}, seed {r['seed']}, {r['steps']} steps): full cache "
+             f"{ev['full']:.1%} through the decoder, {r['accuracy']:.1%} in parallel ({solved}).\n",
+             "| policy | " + " | ".join(f"{b} slots" for b in ev["budgets"]) + " |",
+             "|---|" + "---|" * len(ev["budgets"])]
+    for policy, accs in ev["accuracy"].items():
+      cells_ = []
+      for b in ev["budgets"]:
+        d, se = ev["vs_gravity"][policy][str(b)]
+        cells_.append(f"{accs[str(b)]:.1%}" + ("" if policy == "gravity" else
+                                                 f" (Δ {d:+.1%} ± {se:.1%})"))
+      text.append(f"| {policy} | " + " | ".join(cells_) + " |")
+    rows = []
+    for b in ev["budgets"]:
+      others = {p: ev["vs_gravity"][p][str(b)] for p in ev["accuracy"] if p != "gravity"}
+      best = max(others, key=lambda p: others[p][0])
+      d, se = others[best]
+      rows.append(f"{b} slots: vs the best other policy ({best}) "
+                  + verdict(-d, se).replace("not shown", "not shown"))
+    text.append(f"\nVerdict, *gravity keeps what recall needs better than every other policy* "
+                f"({r['arm']}, seed {r['seed']}, 1 seed): " + "; ".join(rows) + ".\n")
+  return text
+
+
+def length_lines(runs) -> list[str]:
+  length = [r for r in runs if "lengths" in r]
+  if not length:
+    return []
+  lens = sorted({int(t) for r in length for t in r["lengths"]})
+  text = ["\n**Length generalisation on recall** (the BAN, dot score, width 64, trained at "
+          f"T = {recall.SEQ_LEN}; {recall.LONG_SEQUENCES:,} fresh sequences per longer length; "
+          "the seeds' std where several):\n",
+          "| task | positional | " + " | ".join(f"T = {t}" for t in lens) + " |",
+          "|---|---|" + "---|" * len(lens)]
+  for r in sorted(length, key=lambda r: (task_label(r), r["arm"])):
+    kind = recall.ARMS[r["arm"]]["positional"]
+    text.append(f"| {task_label(r)} | {kind} | " + " | ".join(
+        f"{r['lengths'][str(t)]:.1%}" if str(t) in r["lengths"] else "–" for t in lens) + " |")
+  for label in sorted({task_label(r) for r in length}):
+    at = {recall.ARMS[r["arm"]]["positional"]: r for r in length if task_label(r) == label}
+    if "power_law" in at and len(at) > 1:
+      top = str(max(lens))
+      pl = at["power_law"]["lengths"][top]
+      best = max((k for k in at if k != "power_law"), key=lambda k: at[k]["lengths"][top])
+      other = at[best]["lengths"][top]
+      n = recall.LONG_SEQUENCES * at["power_law"].get("pairs", 1)   # queries per sequence
+      se = math.hypot(math.sqrt(max(pl * (1 - pl), 1 / n) / n),
+                      math.sqrt(max(other * (1 - other), 1 / n) / n))
+      text.append(f"\nVerdict, *the power-law field extrapolates recall better than the other "
+                  f"kinds* ({label}, T = {top}, vs the best other: {best}, 1 seed): "
+                  f"{verdict(pl - other, se)}.")
+  return text
+
+
 def _plot(runs, png):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -107,8 +240,7 @@ def report(results, out_json):
           f"{recall.HEAD_DIM}, trained at T = {recall.SEQ_LEN} on fresh sequences for the "
           "steps shown; accuracy is exact match per query on "
           f"{recall.EVAL_SEQUENCES:,} fresh sequences; ✓ = solved (≥ 99%). The plan and the "
-          "arms: `bench/recall.py`'s docstring. Not yet run: length generalisation of the "
-          "positional kinds and eviction on recall (issue 26 items 2-3).\n",
+          "arms: `bench/recall.py`'s docstring; cells not listed have not run yet.\n",
           "**Screening sweep** (MQAR 16 pairs, width 64, seed 0):\n",
           "| arm | " + " | ".join(f"lr {lr:g}" for lr in recall.LEARNING_RATES) + " | chosen |",
           "|---|" + "---|" * (len(recall.LEARNING_RATES) + 1)]
@@ -135,5 +267,26 @@ def report(results, out_json):
       widths = [smallest_solving_width(runs, label, arm) for label in labels]
       text.append(f"| {arm} | " + " | ".join("–" if w is None else str(w) for w in widths)
                   + " |")
+  verdicts = []
+  for label in sorted({task_label(r) for r in runs}):
+    for width in sorted({r["width"] for r in runs if task_label(r) == label}):
+      for arm in recall.ARMS:
+        if arm == "transformer_dot":
+          continue
+        got = arm_vs_dot(runs, label, width, arm)
+        if got:
+          diff, se, seeds = got
+          verdicts.append(f"| {label} | {width} | {arm} | {diff:+.1%} ± {se:.1%} | "
+                          f"{verdict(diff, se)} | {seeds} |")
+  if verdicts:
+    text += ["\n**Verdicts against the transformer (dot)**: *the arm recalls more accurately* "
+             "(Δ = arm − transformer_dot, each at its screened rate; SE over seeds where several, "
+             "else over the test queries only):\n",
+             "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
+             *verdicts]
   text.append("\n![recall](../bench/results/recall.png)")
+  text += eviction_lines(runs) + length_lines(runs)
+  extra = os.path.splitext(out_json)[0] + "_length_eviction.png"
+  if _plot_extra(runs, extra):
+    text.append(f"\n![recall: length and eviction](../bench/results/{os.path.basename(extra)})")
   cli_runs.publish("recall", text, png)

@@ -55,11 +55,31 @@ def test_the_report_renders(tmp_path, monkeypatch):
                                                                 (0.3, 1.0, 0.6))]
   runs += [_run("transformer_dot", recall.LEARNING_RATES[1], acc, width=w)
            for w, acc in ((32, 0.4), (128, 1.0))]
+  runs += [_run("default", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.2, 0.5, 0.9))]
+  budgets = ["32", "16"]
+  ev = {"budgets": [32, 16], "full": 1.0,
+        "accuracy": {"recent": dict(zip(budgets, (0.5, 0.2))),
+                     "gravity": dict(zip(budgets, (0.9, 0.2)))},
+        "vs_gravity": {"recent": {"32": [-0.4, 0.01], "16": [0.0, 0.01]},
+                       "gravity": {"32": [0.0, 0.0], "16": [0.0, 0.0]}}}
+  runs.append(_run("transformer_dot", recall.LEARNING_RATES[1], 1.0, pairs=8, placement="end",
+                   eviction=ev))
+  for arm, long in (("ban", 0.3), ("ban_power_law", 0.8)):
+    runs.append(_run(arm, recall.LEARNING_RATES[1], 1.0, task="induction",
+                     lengths={"128": 1.0, "1024": long}))
   out = str(tmp_path / "recall.json")
   recall_report.report({"runs": runs, "wall_s": 5.0}, out)
   text = (tmp_path / "results.md").read_text()
   assert "| transformer_dot | 64 |" in text          # smallest width solving MQAR 16 pairs
   assert (tmp_path / "recall.png").read_bytes()[:4] == b"\x89PNG"
+  # default (90% at its best rate) vs the dot transformer (100%), one seed each: worse.
+  assert "| MQAR 16 pairs | 64 | default | -10.0% ± " in text and "no (worse)" in text
+  # Gravity keeps 40 points more than recent at 32 slots, ties at 16.
+  assert "32 slots: vs the best other policy (recent) yes (z +40.0)" in text
+  assert "16 slots: vs the best other policy (recent) not shown" in text
+  assert "| induction | power_law | 100.0% | 80.0% |" in text
+  assert "(induction, T = 1024, vs the best other: rope, 1 seed): yes" in text
+  assert (tmp_path / "recall_length_eviction.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_widths_ascend_until_one_solves_and_variants_take_their_models_rate():
