@@ -26,7 +26,8 @@ The plan, in stages (each run appended to bench/results/recall.json when it ends
           at the end (placement "end", ~100 tokens after their keys) at width 64, then decoded
           token by token through `ban_jax.inference.decode.Decoder` with each of the seven
           cache policies at budgets of 1/4, 1/8 and 1/16 of the context; accuracy per policy
-          and budget, paired over the same 1,000 sequences.
+          and budget, paired over the same 1,000 sequences. A model that does not solve the
+          task with the full cache (>= 99% through the decoder) trains again for 3x the steps.
   widths  MQAR with 16, 8 and 32 pairs at widths 32, 64, 128 per main arm, in ascending width
           until one solves: the smallest width that solves each, as Zoology's figure reports.
   length  the BAN (dot score) with each positional kind (rope, power_law, alibi, none; the
@@ -72,6 +73,7 @@ EVICTION_ARMS = ("transformer_dot", "default")
 EVICTION_POLICIES = ("full", "recent", "sinks", "h2o", "tova", "knorm", "gravity")
 EVICTION_FRACTIONS = (4, 8, 16)             # budgets of SEQ_LEN / 4, / 8, / 16 slots
 EVICTION_SEQUENCES = 1000
+EVICTION_RETRY = 3                          # x STEPS, for a model the first run left unsolved
 LENGTH_ARMS = ("ban", "ban_power_law", "ban_alibi", "ban_none")
 LENGTH_CELLS = (dict(task="mqar", pairs=16, width=64), dict(task="induction", width=64))
 LONG_LENS = (256, 512, 1024)
@@ -129,7 +131,10 @@ def accuracy(apply_fn, params, batch) -> tuple[int, int]:
 
 
 def train_one(cell: dict, *, steps: int, log=print) -> dict:
-  """Trains `cell` (arm, task, width, lr, seed, task arguments); returns its record."""
+  """Trains `cell` (arm, task, width, lr, seed, task arguments); returns its record.
+
+  `steps` unless the cell names its own `train_steps` (an eviction model's longer retry).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -138,6 +143,7 @@ def train_one(cell: dict, *, steps: int, log=print) -> dict:
   from ban_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
 
   start = time.time()
+  steps = cell.get("train_steps", steps)
   model = models.get_model(model_config(cell["arm"], cell["width"]), VOCAB)
   data = functools.partial(recall_tasks.generate, cell["task"], batch=BATCH, seq_len=SEQ_LEN,
                            vocab=VOCAB, **task_kwargs(cell))
@@ -269,7 +275,7 @@ def eviction_accuracy(model, params, cell: dict, log=print) -> dict:
 
 def key_of(cell: dict) -> tuple:
   return (cell["arm"], cell["task"], cell.get("pairs"), cell.get("placement", "uniform"),
-          cell["width"], cell["lr"], cell["seed"])
+          cell["width"], cell["lr"], cell["seed"], cell.get("train_steps"))
 
 
 def best_lr(runs, arm) -> float | None:
@@ -297,8 +303,14 @@ def plan(runs, arms, stages) -> list[dict]:
   rates = {arm: best_lr(runs, arm) for arm in arms}
   main = [a for a in arms if a in MAIN_ARMS and rates[a] is not None]
   if "eviction" in stages:
-    cells += [dict(EVICTION, arm=arm, lr=rates[arm], seed=0) for arm in EVICTION_ARMS
-              if arm in arms and rates[arm] is not None]
+    for arm in EVICTION_ARMS:
+      if arm in arms and rates[arm] is not None:
+        cell = dict(EVICTION, arm=arm, lr=rates[arm], seed=0)
+        first = [r for r in runs if key_of(r) == key_of(cell)]
+        # "Trained until it solves with the full cache": once more, longer, if it did not.
+        if first and first[0]["eviction"]["full"] < SOLVED:
+          cell["train_steps"] = EVICTION_RETRY * STEPS
+        cells.append(cell)
   if "widths" in stages:
     for pairs in (16, 8, 32):
       for arm in main:
@@ -355,7 +367,8 @@ def main(argv):
       print("[recall] nothing left to train in these stages", flush=True)
       break
     cell = todo[0]
-    walls = [r["wall_s"] * FLAGS.steps / r["steps"] for r in results["runs"]
+    walls = [r["wall_s"] * cell.get("train_steps", FLAGS.steps) / r["steps"]
+             for r in results["runs"]
              if r["width"] == cell["width"] and r["arm"] == cell["arm"]]
     if deadline is not None and walls and time.time() + min(walls) > deadline:
       print("[recall] deadline: no time for another run; rerun to continue", flush=True)

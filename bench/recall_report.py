@@ -91,7 +91,7 @@ def _plot_extra(runs, png):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   length = [r for r in runs if "lengths" in r]
   evict = [r for r in runs if "eviction" in r]
-  panels = sorted({task_label(r) for r in length}) + [r["arm"] for r in evict]
+  panels = sorted({task_label(r) for r in length}) + list(range(len(evict)))
   if not panels:
     return False
   fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
@@ -103,8 +103,8 @@ def _plot_extra(runs, png):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("test length T (trained at 128)")
         ax.set_title(f"{panel}: positional kinds (BAN)")
-    for r in evict:
-      if r["arm"] == panel:
+    for i, r in enumerate(evict):
+      if i == panel:
         ev = r["eviction"]
         for policy, accs in ev["accuracy"].items():
           pts = sorted((int(b), a) for b, a in accs.items())
@@ -112,7 +112,7 @@ def _plot_extra(runs, png):
         ax.axhline(ev["full"], color="k", lw=0.7, ls="--", label="full cache")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(f"cache slots (context {recall.SEQ_LEN})")
-        ax.set_title(f"eviction on MQAR ({panel})")
+        ax.set_title(f"eviction on MQAR ({r['arm']}, {r['steps']} steps)")
     ax.set_ylabel("accuracy per query")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

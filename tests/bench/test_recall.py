@@ -128,3 +128,15 @@ def test_an_eviction_cell_scores_every_policy_on_the_same_sequences(monkeypatch)
   assert set(ev["accuracy"]) == {"recent", "gravity"}
   assert ev["vs_gravity"]["gravity"]["32"] == [0.0, 0.0]    # paired with itself: exactly 0
   assert 0.0 <= ev["full"] <= 1.0
+
+
+def test_an_eviction_model_left_unsolved_trains_again_for_longer():
+  rates = recall.LEARNING_RATES
+  runs = [_run("default", lr, acc) for lr, acc in zip(rates, (0.2, 0.9, 0.5))]
+  cell = dict(recall.EVICTION, arm="default", lr=rates[1], seed=0)
+  assert recall.plan(runs, ["default"], ["eviction"]) == [cell]
+  first = _run("default", rates[1], 0.9, **recall.EVICTION, eviction={"full": 0.9})
+  again = recall.plan(runs + [first], ["default"], ["eviction"])
+  assert again == [dict(cell, train_steps=recall.EVICTION_RETRY * recall.STEPS)]
+  solved = _run("default", rates[1], 1.0, **recall.EVICTION, eviction={"full": 1.0})
+  assert recall.plan(runs + [solved], ["default"], ["eviction"]) == []
