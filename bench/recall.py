@@ -5,7 +5,8 @@ r"""Recall where attention matters: MQAR, induction heads and selective copying 
     python bench/recall.py --stage=screen --arms=transformer_dot --steps=200   # a part of it
 
 Small models of configs/wiki.py's presets (2 layers, head_dim 16, heads = width / 16) train on
-fresh synthetic sequences (`bench/recall_tasks.py`) at T = 128 with a masked next-token loss on
+fresh synthetic sequences (`bench/recall_tasks.py`) at T = 64 (T = 128 for the eviction and
+length cells) with batches of 64 for 3,000 steps and a masked next-token loss on
 the positions that test recall, AdamW with a linear warm-up and cosine decay. Each finished run
 reports exact-match accuracy per query on 2,000 fresh sequences of a seed of their own, and a
 learning curve (accuracy on 256 sequences at 10 points of training); "solved" means >= 99%.
@@ -17,24 +18,25 @@ training-time mechanism with no role on infinite synthetic data) with tagging of
 surprisal.
 
 The plan, in stages (each run appended to bench/results/recall.json when it ends):
-  screen  MQAR with 16 pairs at width 64: a 3-rate sweep per arm (the gravity logit is bounded
+  screen  MQAR with 8 pairs at width 64: a 3-rate sweep per arm (the gravity logit is bounded
           by M²/ε, so rates matter); the best rate is used from then on.
   widths  MQAR with 8, 16 and 32 pairs at widths 32, 64, 128 per main arm: the smallest width
           that solves each, as Zoology's figure reports it.
   tasks   induction heads and selective copying at width 64 per main arm.
   eviction the transformer (dot) and the default system on MQAR with 8 pairs whose queries sit
-          at the end (placement "end", ~100 tokens after their keys) at width 64, then decoded
+          at the end (placement "end", ~100 tokens after their keys) at T = 128, width 64,
+          then decoded
           token by token through `ban_jax.inference.decode.Decoder` with each of the seven
           cache policies at budgets of 1/4, 1/8 and 1/16 of the context; accuracy per policy
           and budget, paired over the same 1,000 sequences. A model that does not solve the
           task with the full cache (>= 99% through the decoder) trains again for 3x the steps.
-  widths  MQAR with 16, 8 and 32 pairs at widths 32, 64, 128 per main arm, in ascending width
+  widths  MQAR with 8, 4 and 12 pairs at widths 32, 64, 128 per main arm, in ascending width
           until one solves: the smallest width that solves each, as Zoology's figure reports.
   length  the BAN (dot score) with each positional kind (rope, power_law, alibi, none; the
-          arms of bench/extrapolation.py) trained at T = 128 on MQAR 16 and induction at width
+          arms of bench/extrapolation.py) trained at T = 128 on MQAR 8 and induction at width
           64, then tested at T = 256, 512, 1024 on 1,000 fresh sequences each.
   tasks   induction heads and selective copying at width 64 per main arm.
-  tagging the default system with tagging off and from surprisal on MQAR 16 at width 64.
+  tagging the default system with tagging off and from surprisal on MQAR 8 at width 64.
   seeds   seeds 1 and 2 for every cell whose accuracy landed between 50% and 99%.
 Every arm takes its rate from its own screen, but the tagging variants take the default's and
 the positional variants the BAN's (one sweep per model, not per knob).
@@ -56,26 +58,29 @@ sys.path.insert(0, REPO)
 from bench import cli_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import recall_tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-SEQ_LEN = 128
+SEQ_LEN = 64
+LONG_TRAIN_LEN = 128                        # the eviction and length cells' T
 VOCAB = 256
-BATCH = 32
+BATCH = 64
 HEAD_DIM = 16
 LAYERS = 2
-STEPS = 2000
+STEPS = 3000
 EVAL_SEQUENCES = 2000
 CURVE_POINTS, CURVE_SEQUENCES = 10, 256
 SOLVED = 0.99
 LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 WIDTHS = (32, 64, 128)
-SCREEN = dict(task="mqar", pairs=16, width=64)
-EVICTION = dict(task="mqar", pairs=8, placement="end", width=64)
+SCREEN = dict(task="mqar", pairs=8, width=64)
+WIDTH_PAIRS = (8, 4, 12)                    # 12 pairs fill 3/4 of T = 64 (16 would not fit)
+EVICTION = dict(task="mqar", pairs=8, placement="end", width=64, seq_len=LONG_TRAIN_LEN)
 EVICTION_ARMS = ("transformer_dot", "default")
 EVICTION_POLICIES = ("full", "recent", "sinks", "h2o", "tova", "knorm", "gravity")
 EVICTION_FRACTIONS = (4, 8, 16)             # budgets of SEQ_LEN / 4, / 8, / 16 slots
 EVICTION_SEQUENCES = 1000
 EVICTION_RETRY = 3                          # x STEPS, for a model the first run left unsolved
 LENGTH_ARMS = ("ban", "ban_power_law", "ban_alibi", "ban_none")
-LENGTH_CELLS = (dict(task="mqar", pairs=16, width=64), dict(task="induction", width=64))
+LENGTH_CELLS = (dict(task="mqar", pairs=8, width=64, seq_len=LONG_TRAIN_LEN),
+                dict(task="induction", width=64, seq_len=LONG_TRAIN_LEN))
 LONG_LENS = (256, 512, 1024)
 LONG_SEQUENCES = 1000
 
@@ -145,7 +150,8 @@ def train_one(cell: dict, *, steps: int, log=print) -> dict:
   start = time.time()
   steps = cell.get("train_steps", steps)
   model = models.get_model(model_config(cell["arm"], cell["width"]), VOCAB)
-  data = functools.partial(recall_tasks.generate, cell["task"], batch=BATCH, seq_len=SEQ_LEN,
+  data = functools.partial(recall_tasks.generate, cell["task"], batch=BATCH,
+                           seq_len=cell.get("seq_len", SEQ_LEN),
                            vocab=VOCAB, **task_kwargs(cell))
   train_rng = np.random.default_rng([cell["seed"], 0])
   batch0 = data(train_rng)
@@ -193,7 +199,7 @@ def train_one(cell: dict, *, steps: int, log=print) -> dict:
   record = dict(cell, steps=steps, accuracy=right / total, queries=total, curve=curve,
                 losses=losses, params=int(num_params))
   if is_length_cell(cell):
-    record["lengths"] = {str(SEQ_LEN): right / total}
+    record["lengths"] = {str(cell["seq_len"]): right / total}
     for length in LONG_LENS:
       record["lengths"][str(length)] = long_accuracy(apply_fn, params, cell, length)
       log(f"[recall]   at T = {length}: accuracy {record['lengths'][str(length)]:.4f}")
@@ -204,7 +210,8 @@ def train_one(cell: dict, *, steps: int, log=print) -> dict:
 
 
 def _same(cell: dict, spec: dict) -> bool:
-  return all(cell.get(k, "uniform" if k == "placement" else None) == v for k, v in spec.items())
+  defaults = {"placement": "uniform", "seq_len": SEQ_LEN}
+  return all(cell.get(k, defaults.get(k)) == v for k, v in spec.items())
 
 
 def is_length_cell(cell: dict) -> bool:
@@ -221,7 +228,7 @@ def long_accuracy(apply_fn, params, cell: dict, length: int) -> float:
   """Accuracy per query on LONG_SEQUENCES fresh sequences of `length` tokens."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng([cell["seed"], 4, length])
-  per_batch = max(1, 250 * SEQ_LEN // length)   # the same tokens per batch at every length
+  per_batch = max(1, 250 * LONG_TRAIN_LEN // length)   # the same tokens per batch at each T
   right = total = 0
   for start in range(0, LONG_SEQUENCES, per_batch):
     batch = recall_tasks.generate(cell["task"], rng, min(per_batch, LONG_SEQUENCES - start),
@@ -246,7 +253,8 @@ def eviction_accuracy(model, params, cell: dict, log=print) -> dict:
   from ban_jax.inference import decode  # pylint: disable=g-import-not-at-top
   from ban_jax.ops import kv_cache  # pylint: disable=g-import-not-at-top
   batch = recall_tasks.generate(cell["task"], np.random.default_rng([cell["seed"], 3]),
-                                EVICTION_SEQUENCES, SEQ_LEN, VOCAB, **task_kwargs(cell))
+                                EVICTION_SEQUENCES, cell["seq_len"], VOCAB,
+                                **task_kwargs(cell))
   tokens = np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
   asked = batch["weights"] > 0
 
@@ -256,8 +264,8 @@ def eviction_accuracy(model, params, cell: dict, log=print) -> dict:
                             for i in range(0, len(tokens), 250)])
     return ((guess == batch["targets"]) & asked).sum(1) / asked.sum(1)
 
-  full = per_sequence(kv_cache.KVSpec("full", slots=SEQ_LEN + 1))
-  budgets = [SEQ_LEN // f for f in EVICTION_FRACTIONS]
+  full = per_sequence(kv_cache.KVSpec("full", slots=cell["seq_len"] + 1))
+  budgets = [cell["seq_len"] // f for f in EVICTION_FRACTIONS]
   scores = {}
   for policy in EVICTION_POLICIES[1:]:
     for slots in budgets:
@@ -275,7 +283,8 @@ def eviction_accuracy(model, params, cell: dict, log=print) -> dict:
 
 def key_of(cell: dict) -> tuple:
   return (cell["arm"], cell["task"], cell.get("pairs"), cell.get("placement", "uniform"),
-          cell["width"], cell["lr"], cell["seed"], cell.get("train_steps"))
+          cell["width"], cell["lr"], cell["seed"], cell.get("train_steps"),
+          cell.get("seq_len", SEQ_LEN))
 
 
 def best_lr(runs, arm) -> float | None:
@@ -285,7 +294,7 @@ def best_lr(runs, arm) -> float | None:
   """
   arm = RATE_FROM.get(arm, arm)
   sweep = {r["lr"]: r["accuracy"] for r in runs if r["arm"] == arm and r["seed"] == 0
-           and r["task"] == SCREEN["task"] and r.get("pairs") == SCREEN["pairs"]
+           and _same(r, SCREEN)
            and r["width"] == SCREEN["width"]}
   if any(lr not in sweep for lr in LEARNING_RATES):
     return None
@@ -312,7 +321,7 @@ def plan(runs, arms, stages) -> list[dict]:
           cell["train_steps"] = EVICTION_RETRY * STEPS
         cells.append(cell)
   if "widths" in stages:
-    for pairs in (16, 8, 32):
+    for pairs in WIDTH_PAIRS:
       for arm in main:
         # Ascending widths until one solves: the smallest solving width is the result.
         for width in WIDTHS:
@@ -334,7 +343,7 @@ def plan(runs, arms, stages) -> list[dict]:
   if "seeds" in stages:
     middling = [r for r in runs if r["seed"] == 0 and 0.5 <= r["accuracy"] < SOLVED
                 and r["lr"] == rates.get(r["arm"]) and r["arm"] in arms]
-    keep = ("task", "width", "arm", "lr", "pairs", "placement")
+    keep = ("task", "width", "arm", "lr", "pairs", "placement", "seq_len", "train_steps")
     cells += [dict({k: r[k] for k in keep if k in r}, seed=seed)
               for r in middling for seed in (1, 2)]
   done = {key_of(r) for r in runs}

@@ -15,10 +15,13 @@ TASK_NAMES = {"mqar": "MQAR", "induction": "induction", "copying": "selective co
 
 
 def task_label(r) -> str:
+  length = r.get("seq_len", recall.SEQ_LEN)
+  at = "" if length == recall.SEQ_LEN else f", T = {length}"
   if r["task"] == "mqar":
     placement = r.get("placement", "uniform")
-    return f"MQAR {r['pairs']} pairs" + ("" if placement == "uniform" else f" ({placement})")
-  return TASK_NAMES[r["task"]]
+    extra = ("" if placement == "uniform" else placement) + at
+    return f"MQAR {r['pairs']} pairs" + (f" ({extra.lstrip(', ')})" if extra else "")
+  return TASK_NAMES[r["task"]] + (f" ({at.lstrip(', ')})" if at else "")
 
 
 def cells(runs) -> dict:
@@ -111,7 +114,7 @@ def _plot_extra(runs, png):
           ax.plot(*zip(*pts), "o-", label=policy, lw=2.5 if policy == "gravity" else 1)
         ax.axhline(ev["full"], color="k", lw=0.7, ls="--", label="full cache")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"cache slots (context {recall.SEQ_LEN})")
+        ax.set_xlabel(f"cache slots (context {r['seq_len']})")
         ax.set_title(f"eviction on MQAR ({r['arm']}, {r['steps']} steps)")
     ax.set_ylabel("accuracy per query")
     ax.grid(alpha=0.3)
@@ -126,7 +129,8 @@ def eviction_lines(runs) -> list[str]:
   evict = [r for r in runs if "eviction" in r]
   if not evict:
     return []
-  text = ["\n**Eviction on recall** (MQAR 8 pairs, queries at the end, width 64; decoded token "
+  text = ["\n**Eviction on recall** (MQAR 8 pairs, queries at the end, T = 128, width 64; decoded "
+          "token "
           f"by token through `Decoder`; {recall.EVICTION_SEQUENCES:,} sequences, the same for "
           "every policy; Δ = policy − gravity, paired per sequence, ± its SE):\n"]
   for r in evict:
@@ -161,7 +165,8 @@ def length_lines(runs) -> list[str]:
     return []
   lens = sorted({int(t) for r in length for t in r["lengths"]})
   text = ["\n**Length generalisation on recall** (the BAN, dot score, width 64, trained at "
-          f"T = {recall.SEQ_LEN}; {recall.LONG_SEQUENCES:,} fresh sequences per longer length; "
+          f"T = {recall.LONG_TRAIN_LEN}; {recall.LONG_SEQUENCES:,} fresh sequences per longer "
+          "length; "
           "the seeds' std where several):\n",
           "| task | positional | " + " | ".join(f"T = {t}" for t in lens) + " |",
           "|---|---|" + "---|" * len(lens)]
@@ -189,7 +194,9 @@ def _plot(runs, png):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  labels = sorted({task_label(r) for r in runs if r["task"] == "mqar"})
+  labels = sorted({task_label(r) for r in runs if r["task"] == "mqar"
+                   and r.get("seq_len", recall.SEQ_LEN) == recall.SEQ_LEN
+                   and r.get("placement", "uniform") == "uniform"})
   fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4 * (len(labels) + 1), 3.6),
                            squeeze=False)
   table = cells(runs)
@@ -237,7 +244,8 @@ def report(results, out_json):
           "Written by `python bench/recall.py --report_only` from `bench/results/recall.json` "
           f"({len(runs)} runs, {results.get('wall_s', 0) / 3600:.1f} h of training on the "
           f"machine that ran them). Models of {recall.LAYERS} layers, head_dim "
-          f"{recall.HEAD_DIM}, trained at T = {recall.SEQ_LEN} on fresh sequences for the "
+          f"{recall.HEAD_DIM}, trained at T = {recall.SEQ_LEN} (the eviction and length cells "
+          f"at {recall.LONG_TRAIN_LEN}) in batches of {recall.BATCH} on fresh sequences for the "
           "steps shown; accuracy is exact match per query on "
           f"{recall.EVAL_SEQUENCES:,} fresh sequences; ✓ = solved (≥ 99%). The plan and the "
           "arms: `bench/recall.py`'s docstring; cells not listed have not run yet.\n",
@@ -259,7 +267,9 @@ def report(results, out_json):
     if lr == recall.best_lr(runs, arm) or recall.best_lr(runs, arm) is None:
       text.append(f"| {label} | {arm} | {width} | {params[(arm, width)]:,} | "
                   f"{steps[(label, arm, width)]} | {_fmt(values)} |")
-  labels = sorted({task_label(r) for r in runs if r["task"] == "mqar"})
+  labels = sorted({task_label(r) for r in runs if r["task"] == "mqar"
+                   and r.get("seq_len", recall.SEQ_LEN) == recall.SEQ_LEN
+                   and r.get("placement", "uniform") == "uniform"})
   if labels:
     text += ["\n**Smallest width that solves MQAR** (– : none of the widths trained):\n",
              "| arm | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
@@ -284,6 +294,8 @@ def report(results, out_json):
              "else over the test queries only):\n",
              "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
              *verdicts]
+  for old in results.get("superseded", []):
+    text.append(f"\n*Superseded design* ({old['design']}): {old['why']}")
   text.append("\n![recall](../bench/results/recall.png)")
   text += eviction_lines(runs) + length_lines(runs)
   extra = os.path.splitext(out_json)[0] + "_length_eviction.png"

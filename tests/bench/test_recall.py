@@ -29,7 +29,7 @@ def test_the_plan_screens_first_then_uses_the_chosen_rate():
   assert recall.is_eviction_cell(dot[0])                 # eviction right after the screen
   widths = {(c.get("pairs"), c["width"]) for c in dot if c["task"] == "mqar" and not c["seed"]
             and c.get("placement", "uniform") == "uniform"}
-  assert widths == {(p, recall.WIDTHS[0]) for p in (8, 16, 32)}   # the smallest width first
+  assert widths == {(p, recall.WIDTHS[0]) for p in recall.WIDTH_PAIRS}  # the smallest first
   assert {c["task"] for c in dot} == {"mqar", "induction", "copying"}
   # 97% is between 50% and 99%: seeds 1 and 2 for that cell; 30% and 60% at other rates: no.
   seeds = [c for c in dot if c["seed"] > 0]
@@ -62,23 +62,23 @@ def test_the_report_renders(tmp_path, monkeypatch):
                      "gravity": dict(zip(budgets, (0.9, 0.2)))},
         "vs_gravity": {"recent": {"32": [-0.4, 0.01], "16": [0.0, 0.01]},
                        "gravity": {"32": [0.0, 0.0], "16": [0.0, 0.0]}}}
-  runs.append(_run("transformer_dot", recall.LEARNING_RATES[1], 1.0, pairs=8, placement="end",
+  runs.append(_run("transformer_dot", recall.LEARNING_RATES[1], 1.0, **recall.EVICTION,
                    eviction=ev))
   for arm, long in (("ban", 0.3), ("ban_power_law", 0.8)):
-    runs.append(_run(arm, recall.LEARNING_RATES[1], 1.0, task="induction",
+    runs.append(_run(arm, recall.LEARNING_RATES[1], 1.0, task="induction", seq_len=128,
                      lengths={"128": 1.0, "1024": long}))
   out = str(tmp_path / "recall.json")
   recall_report.report({"runs": runs, "wall_s": 5.0}, out)
   text = (tmp_path / "results.md").read_text()
-  assert "| transformer_dot | 64 |" in text          # smallest width solving MQAR 16 pairs
+  assert "| transformer_dot | 64 |" in text          # smallest width solving the screen's MQAR
   assert (tmp_path / "recall.png").read_bytes()[:4] == b"\x89PNG"
   # default (90% at its best rate) vs the dot transformer (100%), one seed each: worse.
-  assert "| MQAR 16 pairs | 64 | default | -10.0% ± " in text and "no (worse)" in text
+  assert "| MQAR 8 pairs | 64 | default | -10.0% ± " in text and "no (worse)" in text
   # Gravity keeps 40 points more than recent at 32 slots, ties at 16.
   assert "32 slots: vs the best other policy (recent) yes (z +40.0)" in text
   assert "16 slots: vs the best other policy (recent) not shown" in text
-  assert "| induction | power_law | 100.0% | 80.0% |" in text
-  assert "(induction, T = 1024, vs the best other: rope, 1 seed): yes" in text
+  assert "| induction (T = 128) | power_law | 100.0% | 80.0% |" in text
+  assert "(induction (T = 128), T = 1024, vs the best other: rope, 1 seed): yes" in text
   assert (tmp_path / "recall_length_eviction.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -87,7 +87,7 @@ def test_widths_ascend_until_one_solves_and_variants_take_their_models_rate():
   runs = [_run("ban", lr, acc) for lr, acc in zip(rates, (0.2, 0.9, 0.5))]
   def widths_planned(runs):
     return sorted(c["width"] for c in recall.plan(runs, ["ban"], ["widths"])
-                  if c["pairs"] == 16)
+                  if c["pairs"] == recall.SCREEN["pairs"])
   # The screen's own cell (width 64) is unsolved, width 32 is not yet trained.
   assert widths_planned(runs) == [32]
   runs.append(_run("ban", rates[1], 0.4, width=32))
@@ -101,8 +101,10 @@ def test_widths_ascend_until_one_solves_and_variants_take_their_models_rate():
   length = recall.plan(runs, ["ban", "ban_alibi", "ban_none"], ["screen", "length"])
   assert {c["lr"] for c in length} == {rates[1]}
   assert {(c["arm"], c["task"]) for c in length if recall.is_length_cell(c)} == {
-      (a, t) for a in ("ban", "ban_alibi", "ban_none") for t in ("mqar", "induction")} - {
-          ("ban", "mqar")}                               # the screen's cell already ran
+      (a, t) for a in ("ban", "ban_alibi", "ban_none") for t in ("mqar", "induction")}
+  runs.append(_run("ban", rates[1], 1.0, **recall.LENGTH_CELLS[0]))
+  again = recall.plan(runs, ["ban", "ban_alibi", "ban_none"], ["length"])
+  assert ("ban", "mqar") not in {(c["arm"], c["task"]) for c in again}   # done: not again
   assert all(recall.is_length_cell(c) for c in length)
 
 
@@ -110,7 +112,7 @@ def test_a_length_cell_reports_longer_lengths(monkeypatch):
   monkeypatch.setattr(recall, "LONG_LENS", (256,))
   monkeypatch.setattr(recall, "LONG_SEQUENCES", 40)
   monkeypatch.setattr(recall, "EVAL_SEQUENCES", 250)
-  cell = dict(task="induction", width=64, arm="ban_alibi", lr=3e-3, seed=0)
+  cell = dict(recall.LENGTH_CELLS[1], arm="ban_alibi", lr=3e-3, seed=0)
   record = recall.train_one(cell, steps=2, log=lambda s: None)
   assert set(record["lengths"]) == {"128", "256"}
   assert record["lengths"]["128"] == record["accuracy"]
@@ -124,7 +126,7 @@ def test_an_eviction_cell_scores_every_policy_on_the_same_sequences(monkeypatch)
   monkeypatch.setattr(recall, "EVAL_SEQUENCES", 250)
   cell = dict(recall.EVICTION, arm="transformer_dot", lr=3e-3, seed=0)
   ev = recall.train_one(cell, steps=2, log=lambda s: None)["eviction"]
-  assert ev["budgets"] == [recall.SEQ_LEN // 4]
+  assert ev["budgets"] == [recall.LONG_TRAIN_LEN // 4]
   assert set(ev["accuracy"]) == {"recent", "gravity"}
   assert ev["vs_gravity"]["gravity"]["32"] == [0.0, 0.0]    # paired with itself: exactly 0
   assert 0.0 <= ev["full"] <= 1.0
