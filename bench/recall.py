@@ -19,7 +19,8 @@ surprisal.
 
 The plan, in stages (each run appended to bench/results/recall.json when it ends):
   screen  MQAR with 8 pairs at width 64: a 3-rate sweep per arm (the gravity logit is bounded
-          by M²/ε, so rates matter); the best rate is used from then on.
+          by M²/ε, so rates matter), widened past an edge (at most twice) while the best rate
+          sits on it unsolved; the best rate is used from then on.
   widths  MQAR with 8, 16 and 32 pairs at widths 32, 64, 128 per main arm: the smallest width
           that solves each, as Zoology's figure reports it.
   tasks   induction heads and selective copying at width 64 per main arm.
@@ -69,6 +70,7 @@ EVAL_SEQUENCES = 2000
 CURVE_POINTS, CURVE_SEQUENCES = 10, 256
 SOLVED = 0.99
 LEARNING_RATES = (1e-3, 3e-3, 1e-2)
+MAX_EXTENSIONS = 2         # rates added past the grid's edge while the best unsolved sits on it
 WIDTHS = (32, 64, 128)
 SCREEN = dict(task="mqar", pairs=8, width=64)
 WIDTH_PAIRS = (8, 4, 12)                    # 12 pairs fill 3/4 of T = 64 (16 would not fit)
@@ -287,20 +289,46 @@ def key_of(cell: dict) -> tuple:
           cell.get("seq_len", SEQ_LEN))
 
 
+def _sweep(runs, arm) -> dict[float, float]:
+  """{rate: accuracy} of `arm`'s screening runs (seed 0)."""
+  return {r["lr"]: r["accuracy"] for r in runs if r["arm"] == arm and r["seed"] == 0
+          and _same(r, SCREEN) and r["width"] == SCREEN["width"]}
+
+
+def rate_grid(runs, arm) -> list[float]:
+  """The rates `arm`'s screen needs: LEARNING_RATES, widened past an edge (at most twice, by
+  the grid's own factor) while the best unsolved rate sits on it (the results' protocol)."""
+  arm = RATE_FROM.get(arm, arm)
+  grid, sweep = list(LEARNING_RATES), _sweep(runs, arm)
+  step = LEARNING_RATES[1] / LEARNING_RATES[0]
+  for _ in range(MAX_EXTENSIONS):
+    if any(lr not in sweep for lr in grid):
+      break
+    best = _pick(grid, sweep)
+    if sweep[best] >= SOLVED or best not in (grid[0], grid[-1]):
+      break
+    edge = grid[0] / step if best == grid[0] else grid[-1] * step
+    edge = float(f"{edge:.0e}")              # 3.3e-4 -> 3e-4: rates people type
+    grid = [edge] + grid if best == grid[0] else grid + [edge]
+  return grid
+
+
+def _pick(grid, sweep) -> float:
+  # Ties (e.g. several rates at 100%) go to the middle of the grid, then the lower rate.
+  middle = (len(grid) - 1) / 2
+  return max(grid, key=lambda lr: (round(sweep[lr], 3), -abs(grid.index(lr) - middle), -lr))
+
+
 def best_lr(runs, arm) -> float | None:
   """The screening cell's best rate for `arm` (seed 0), or None before its sweep is done.
 
   Arms in RATE_FROM take the rate of the arm they vary.
   """
   arm = RATE_FROM.get(arm, arm)
-  sweep = {r["lr"]: r["accuracy"] for r in runs if r["arm"] == arm and r["seed"] == 0
-           and _same(r, SCREEN)
-           and r["width"] == SCREEN["width"]}
-  if any(lr not in sweep for lr in LEARNING_RATES):
+  grid, sweep = rate_grid(runs, arm), _sweep(runs, arm)
+  if any(lr not in sweep for lr in grid):
     return None
-  # Ties (e.g. several rates at 100%) go to the middle of the grid, then the lower rate.
-  return max(LEARNING_RATES, key=lambda lr: (round(sweep[lr], 3),
-                                             -abs(LEARNING_RATES.index(lr) - 1), -lr))
+  return _pick(grid, sweep)
 
 
 def plan(runs, arms, stages) -> list[dict]:
@@ -308,7 +336,7 @@ def plan(runs, arms, stages) -> list[dict]:
   cells = []
   if "screen" in stages:
     cells += [dict(SCREEN, arm=arm, lr=lr, seed=0) for arm in arms if arm not in RATE_FROM
-              for lr in LEARNING_RATES]
+              for lr in rate_grid(runs, arm)]
   rates = {arm: best_lr(runs, arm) for arm in arms}
   main = [a for a in arms if a in MAIN_ARMS and rates[a] is not None]
   if "eviction" in stages:

@@ -240,6 +240,8 @@ def report(results, out_json):
   png = os.path.splitext(out_json)[0] + ".png"
   _plot(runs, png)
   table = cells(runs)
+  rates = sorted({lr for arm in recall.ARMS if arm not in recall.RATE_FROM
+                  for lr in recall.rate_grid(runs, arm)})
   text = ["## Recall: MQAR, induction heads, selective copying\n",
           "Written by `python bench/recall.py --report_only` from `bench/results/recall.json` "
           f"({len(runs)} runs, {results.get('wall_s', 0) / 3600:.1f} h of training on the "
@@ -249,12 +251,14 @@ def report(results, out_json):
           "steps shown; accuracy is exact match per query on "
           f"{recall.EVAL_SEQUENCES:,} fresh sequences; ✓ = solved (≥ 99%). The plan and the "
           "arms: `bench/recall.py`'s docstring; cells not listed have not run yet.\n",
-          "**Screening sweep** (MQAR 16 pairs, width 64, seed 0):\n",
-          "| arm | " + " | ".join(f"lr {lr:g}" for lr in recall.LEARNING_RATES) + " | chosen |",
-          "|---|" + "---|" * (len(recall.LEARNING_RATES) + 1)]
+          f"**Screening sweep** (MQAR {recall.SCREEN['pairs']} pairs, width "
+          f"{recall.SCREEN['width']}, seed 0; a grid widened past an edge whose best rate is "
+          "unsolved):\n",
+          "| arm | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+          "|---|" + "---|" * (len(rates) + 1)]
   screen = f"MQAR {recall.SCREEN['pairs']} pairs"
   for arm in recall.ARMS:
-    row = [table.get((screen, arm, recall.SCREEN["width"], lr)) for lr in recall.LEARNING_RATES]
+    row = [table.get((screen, arm, recall.SCREEN["width"], lr)) for lr in rates]
     if any(row):
       rate = recall.best_lr(runs, arm)
       text.append(f"| {arm} | " + " | ".join(_fmt([v[0]]) if v else "–" for v in row)

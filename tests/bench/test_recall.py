@@ -40,6 +40,37 @@ def test_the_plan_screens_first_then_uses_the_chosen_rate():
   assert recall.best_lr(tied, "default") == recall.LEARNING_RATES[1]
 
 
+def test_the_screen_widens_past_an_edge_whose_best_rate_is_unsolved():
+  low, mid, high = recall.LEARNING_RATES
+  step = mid / low
+  # Best unsolved at the top edge: one rate above, then the plan waits for it.
+  runs = [_run("ban", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.1, 0.2, 0.3))]
+  grid = recall.rate_grid(runs, "ban")
+  assert grid[:3] == list(recall.LEARNING_RATES) and len(grid) == 4
+  assert np.isclose(grid[3], high * step, rtol=0.2)
+  assert recall.best_lr(runs, "ban") is None
+  assert [c["lr"] for c in recall.plan(runs, ["ban"], ["screen"])] == grid[3:]  # the new one
+  # Better still at the new edge: widened once more, never past MAX_EXTENSIONS.
+  runs += [_run("ban", grid[3], 0.4)]
+  grid = recall.rate_grid(runs, "ban")
+  assert len(grid) == 3 + min(2, recall.MAX_EXTENSIONS)
+  runs += [_run("ban", lr, 0.5 + i / 10) for i, lr in enumerate(grid[4:])]
+  assert len(recall.rate_grid(runs, "ban")) == 3 + recall.MAX_EXTENSIONS
+  assert recall.best_lr(runs, "ban") == recall.rate_grid(runs, "ban")[-1]
+  # Best unsolved at the bottom edge: a lower rate, a round one.
+  runs = [_run("ban", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.3, 0.2, 0.1))]
+  grid = recall.rate_grid(runs, "ban")
+  assert grid[1:] == list(recall.LEARNING_RATES) and grid[0] == float(f"{low / step:.0e}")
+  # Solved at an edge, or best in the middle: no widening; variants share their model's grid.
+  for accs in ((1.0, 0.2, 0.1), (0.1, 0.3, 0.2)):
+    runs = [_run("ban", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, accs)]
+    assert recall.rate_grid(runs, "ban") == list(recall.LEARNING_RATES)
+  variant = next(iter(recall.RATE_FROM))
+  runs = [_run(recall.RATE_FROM[variant], lr, acc)
+          for lr, acc in zip(recall.LEARNING_RATES, (0.1, 0.2, 0.3))]
+  assert recall.rate_grid(runs, variant) == recall.rate_grid(runs, recall.RATE_FROM[variant])
+
+
 def test_one_short_run_trains_and_reports_its_record():
   cell = dict(task="induction", width=32, arm="transformer_dot", lr=3e-3, seed=0)
   record = recall.train_one(cell, steps=10, log=lambda s: None)
@@ -55,7 +86,7 @@ def test_the_report_renders(tmp_path, monkeypatch):
                                                                 (0.3, 1.0, 0.6))]
   runs += [_run("transformer_dot", recall.LEARNING_RATES[1], acc, width=w)
            for w, acc in ((32, 0.4), (128, 1.0))]
-  runs += [_run("default", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.2, 0.5, 0.9))]
+  runs += [_run("default", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.2, 0.9, 0.5))]
   budgets = ["32", "16"]
   ev = {"budgets": [32, 16], "full": 1.0,
         "accuracy": {"recent": dict(zip(budgets, (0.5, 0.2))),
