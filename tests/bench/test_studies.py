@@ -3,6 +3,7 @@
 import os
 
 from ban_jax import config_validation
+from bench import ablation_report
 from bench import attractor_steps
 from bench import cli_runs
 from bench import extrapolation
@@ -89,3 +90,15 @@ def test_wells_verdict_needs_both_controls_beaten_by_two_standard_errors():
       "not shown")
   assert wells_threshold.verdict(rows([0.02, 0.021, 0.019], [0.0, 0.01, -0.01])) == "hurt"
   assert wells_threshold.verdict(rows([-0.02], [-0.02])) == "inconclusive (one seed)"
+
+
+def test_the_wells_report_reads_the_ablations_noise_when_it_renders(tmp_path, monkeypatch):
+  monkeypatch.setattr(cli_runs, "RESULTS_MD", str(tmp_path / "results.md"))
+  results = cli_runs.load_json("bench/results/wells_threshold.json")
+  wells_threshold.report(results, str(tmp_path / "wells.json"), "bench/results/ablation.json")
+  text = (tmp_path / "results.md").read_text()
+  arm = results["runs"][0].get("arm", "full")
+  summary = ablation_report.summarize(cli_runs.load_json("bench/results/ablation.json"),
+                                      "cpu")[arm]
+  assert f"in the ablation ({summary['seeds']} seeds): {summary['val_std']:.4f}." in text
+  assert (tmp_path / "wells.png").read_bytes()[:4] == b"\x89PNG"
