@@ -51,7 +51,8 @@ def test_reports_write_their_plots_and_sections(tmp_path, monkeypatch):
              "threshold": 0.05, "seed": s, "wells": dict(better, val_bpb=2.9 - s / 1000),
              "plain": run, "uniform": run} for s in (1, 2, 3)]
   wells_threshold.report({"runs": [{"threshold": 0.05, "seed": 0, "wells": run,
-                                     "plain": run}] + recent}, out)
+                                     "plain": run}] + recent}, out,
+                         str(tmp_path / "no_ablation.json"))
   out = str(tmp_path / "attractor_steps.json")
   attractor_steps.report({"runs": [dict(run, attractor_steps=k, implicit_grad=i, seed=0, steps=9,
                                         attractor_residual_rel=0.1 / k)
@@ -97,7 +98,8 @@ def test_the_wells_report_reads_the_ablations_noise_when_it_renders(tmp_path, mo
   results = cli_runs.load_json("bench/results/wells_threshold.json")
   wells_threshold.report(results, str(tmp_path / "wells.json"), "bench/results/ablation.json")
   text = (tmp_path / "results.md").read_text()
-  arm = results["runs"][0].get("arm", "full")
+  recent = [r for r in results["runs"] if wells_threshold.rule_of(r) == "recent"]
+  arm = recent[0]["arm"]
   summary = ablation_report.summarize(cli_runs.load_json("bench/results/ablation.json"),
                                       "cpu")[arm]
   assert f"in the ablation ({summary['seeds']} seeds): {summary['val_std']:.4f}." in text
