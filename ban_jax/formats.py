@@ -11,7 +11,9 @@ The `.banx` file keeps its own version in its binary prefix (`ban_jax.runtime.ba
 from ban_jax.errors import UserError
 
 # What this ban_jax writes.
-CHECKPOINT = 1  # a checkpoint step: the train-state tree, recorded in its manifest
+# A checkpoint step: the train-state tree, recorded in its manifest. 2: layers may be scanned
+# (`model.scan_layers`: parameters under `layers` with a leading layer axis); 1 never is.
+CHECKPOINT = 2
 WORKDIR = 1     # a workdir's (or an exported folder's) config.json
 # The oldest layout this ban_jax still reads. Files from before versions existed read as 1.
 OLDEST = {"checkpoint": 1, "workdir": 1}

@@ -1,14 +1,17 @@
 r"""Time to first step: how long each preset's train step takes to compile, on this backend.
 
     python bench/compile_time.py                       # default (Wells and plain), ban, transformer
-    python bench/compile_time.py --presets=smoke --repeats=3
+    python bench/compile_time.py --cases=smoke:off,smoke:off:scan --repeats=3
+    python bench/compile_time.py --topology=v5e-1 --cases=default:off:remat,default:off:scan:remat
 
 Each configuration is compiled in its own process with the persistent compilation cache off
 (`train.compilation_cache_dir=""`), so every figure is a cold compile: trace + lower + XLA
 compile of the step `train_and_evaluate` runs (the selection strategy's step under Wells).
 Ratios are measured side by side in one run: the plain BAN step against the transformer
-preset's (equal parameters), and the Wells step against the plain step. Writes
-bench/results/compile_time_<backend>.json.
+preset's (equal parameters), the Wells step against the plain step, and each preset with its
+layers scanned (`model.scan_layers`) against the per-layer model. `--topology` compiles for a
+TPU slice through libtpu (no TPU needed) and adds the compiled step's temporaries. Writes
+bench/results/compile_time_<backend or tpu_topology>.json.
 """
 
 import argparse
@@ -27,62 +30,95 @@ t0 = time.perf_counter()
 import jax, jax.numpy as jnp
 sys.path.insert(0, sys.argv[1])
 from configs import wiki
+from ban_jax.parallel import tpu
 from ban_jax.training import aot
-preset, wells = sys.argv[2], sys.argv[3]
+preset, wells, scan, remat, topology = json.loads(sys.argv[2])
 config = wiki.get_config(preset)
 config.train.compilation_cache_dir = ""
 config.wells.mode = wells
-plan, strategy, _ = aot.build(config, jax.devices())
+config.model.scan_layers = scan
+config.model.remat = remat
+devices = tpu.topology_devices(tpu.parse_slice(topology)) if topology else jax.devices()
+plan, strategy, _ = aot.build(config, devices)
 fn, n = plan.train_step_jit(strategy)
 batch = aot.abstract_batch(config.train.batch_size, config.data.seq_len, plan.batch_sharding)
 t1 = time.perf_counter()
 lowered = fn.lower(plan.abstract, *[batch] * n)
 t2 = time.perf_counter()
-lowered.compile()
+compiled = lowered.compile()
 t3 = time.perf_counter()
+memory = compiled.memory_analysis()
 print(json.dumps(dict(setup_s=t1 - t0, lower_s=t2 - t1, compile_s=t3 - t2, total_s=t3 - t1,
-                      hlo_chars=len(lowered.as_text()))))
+                      hlo_chars=len(lowered.as_text()),
+                      temp_gib=memory.temp_size_in_bytes / 2**30 if memory else None)))
 """
 
 
-def run(preset, wells):
-  res = subprocess.run([sys.executable, "-c", _CHILD, REPO, preset, wells], cwd=REPO,
-                       capture_output=True, text=True, timeout=1800)
+def run(preset, wells, scan, remat, topology):
+  res = subprocess.run([sys.executable, "-c", _CHILD, REPO,
+                        json.dumps([preset, wells, scan, remat, topology])], cwd=REPO,
+                       capture_output=True, text=True, timeout=3600)
   if res.returncode:
     raise RuntimeError(res.stderr[-2000:])
   return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def parse_case(case: str) -> dict:
+  """"default:wells:scan:remat" -> {preset, wells, scan, remat}; the last two optional."""
+  preset, wells, *flags = case.split(":")
+  unknown = set(flags) - {"scan", "remat"}
+  if unknown:
+    raise SystemExit(f"--cases: {case!r} has {sorted(unknown)}; flags are scan and remat")
+  return dict(preset=preset, wells=wells, scan="scan" in flags, remat="remat" in flags)
+
+
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--cases", default="default:off,default:wells,transformer:off,ban:off")
+  ap.add_argument("--cases", default="default:off,default:wells,transformer:off,ban:off,"
+                  "default:off:scan,transformer:off:scan,ban:off:scan")
+  ap.add_argument("--topology", default="",
+                  help="compile for this TPU slice (e.g. v5e-1; needs libtpu), not the host")
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--out", default="")
   args = ap.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
-  backend = jax.default_backend()
+  target = f"tpu_{args.topology}" if args.topology else jax.default_backend()
+  cases = [parse_case(c) for c in args.cases.split(",")]
   rows = []
   t0 = time.time()
   for _ in range(args.repeats):        # interleaved, so load changes hit every case alike
-    for case in args.cases.split(","):
-      preset, wells = case.split(":")
-      r = run(preset, wells)
-      r.update(preset=preset, wells=wells)
+    for case in cases:
+      r = run(**case, topology=args.topology)
+      r.update(case)
       rows.append(r)
-      print(f"[{time.time() - t0:6.0f}s] {preset:12s} wells={wells:6s} lower {r['lower_s']:6.1f}s "
-            f"compile {r['compile_s']:6.1f}s (HLO {r['hlo_chars'] / 1e6:.1f}M chars)", flush=True)
+      temp = f", temporaries {r['temp_gib']:.2f} GiB" if r.get("temp_gib") is not None else ""
+      print(f"[{time.time() - t0:6.0f}s] {case['preset']:12s} wells={case['wells']:6s} "
+            f"scan={case['scan']!s:5s} remat={case['remat']!s:5s} lower {r['lower_s']:6.1f}s "
+            f"compile {r['compile_s']:6.1f}s (HLO {r['hlo_chars'] / 1e6:.2f}M chars{temp})",
+            flush=True)
 
-  def median(preset, wells, key="total_s"):
-    xs = [r[key] for r in rows if r["preset"] == preset and r["wells"] == wells]
+  def median(preset, wells, scan=False, remat=False):
+    xs = [r["total_s"] for r in rows if (r["preset"], r["wells"], r["scan"], r["remat"])
+          == (preset, wells, scan, remat)]
     return statistics.median(xs) if xs else float("nan")
-  ratios = dict(
-      ban_plain_over_transformer=median("default", "off") / median("transformer", "off"),
-      wells_over_plain=median("default", "wells") / median("default", "off"))
-  out = args.out or os.path.join(REPO, "bench", "results", f"compile_time_{backend}.json")
+  ratios = {}
+  for scan in (False, True):
+    tag = "_scanned" if scan else ""
+    ratios[f"ban_plain_over_transformer{tag}"] = (median("default", "off", scan)
+                                                  / median("transformer", "off", scan))
+    ratios[f"wells_over_plain{tag}"] = (median("default", "wells", scan)
+                                        / median("default", "off", scan))
+  for preset in {c["preset"] for c in cases}:
+    for remat in (False, True):
+      ratios[f"{preset}{'_remat' if remat else ''}_scanned_over_unscanned"] = (
+          median(preset, "off", True, remat) / median(preset, "off", False, remat))
+  ratios = {k: v for k, v in ratios.items() if v == v}        # pairs measured in this run
+  out = args.out or os.path.join(REPO, "bench", "results", f"compile_time_{target}.json")
   with open(out, "w") as f:
-    json.dump(dict(backend=backend, jax=jax.__version__, cpu_count=os.cpu_count(), rows=rows,
-                   ratios=ratios, note="lower + compile of the train step, cold (no "
-                   "persistent cache), one process per configuration"), f, indent=1)
+    json.dump(dict(target=target, jax=jax.__version__, cpu_count=os.cpu_count(), rows=rows,
+                   ratios=ratios, wall_s=time.time() - t0,
+                   note="lower + compile of the train step, cold (no persistent cache), one "
+                   "process per configuration; ratios within this run"), f, indent=1)
   print(json.dumps(ratios, indent=1))
   print(f"wrote {out}")
 

@@ -18,6 +18,7 @@ from ban_jax import formats
 from ban_jax import models
 from ban_jax.data import sources
 from ban_jax.errors import UserError
+from ban_jax.models import scan
 from ban_jax.training import checkpoints
 
 
@@ -150,12 +151,18 @@ def load(workdir: str, *, step: int | None = None,
     model_config = config_validation.validate(config)
     tokenizer = sources.make_tokenizer(config.data)
     model = models.get_model(model_config, tokenizer.vocab_size)
+    # The per-layer model, whichever way the run trained (`ban_jax.models.scan`).
+    if config.model.get("scan_layers", False):
+      config.model.scan_layers = False
+      model_config = dataclasses.replace(model_config, scan_layers=False)
+      model = models.get_model(model_config, tokenizer.vocab_size)
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     # A config.json edited by hand or damaged: a field of the wrong type or shape.
     raise UserError(f"{os.path.join(workdir, 'config.json')} does not describe a model this "
                     f"ban_jax builds ({type(e).__name__}: {_first(e)}); restore it or "
                     "retrain.") from None
   params, step = _read_params(workdir, step)
+  params = scan.unstack(params, model.LAYER_FORMAT)
   _check_sizes(config, model_config, params, workdir, "data.seq_len" in (overrides or {}))
   # Parameter shapes do not depend on the length: a short one, as a damaged seq_len of 2**62
   # made this array abort the interpreter inside XLA.

@@ -18,6 +18,7 @@ from ban_jax.layers.validation import check_int
 from ban_jax.models.common import check_trunk
 from ban_jax.models.common import read_then_attend
 from ban_jax.models.common import reading_state
+from ban_jax.models import scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,8 @@ class BANConfig:
     dtype: computation dtype name, one of `ban_jax.models.common.DTYPES` (parameters stay
       float32; logits are float32). A dtype object is accepted and stored by name.
     remat: rematerialise each block in the backward pass (saves activation memory).
+    scan_layers: run the blocks under one `nn.scan` (`ban_jax.models.scan`): one block traced
+      and compiled instead of `depth`; parameters under `layers` with a leading layer axis.
   """
   width: int = 256
   depth: int = 6
@@ -46,12 +49,14 @@ class BANConfig:
   dropout_rate: float = 0.0
   dtype: str = "float32"
   remat: bool = False
+  scan_layers: bool = False
 
   # Field -> its name in the flat `config.model` block (`attention` and `attractor` take
   # theirs from AttentionConfig.FLAT_NAMES and AttractorConfig.FLAT_NAMES).
   FLAT_NAMES: ClassVar[dict[str, str]] = {
       "width": "d_model", "depth": "num_layers", "tie_embeddings": "tie_embeddings",
-      "dropout_rate": "dropout_rate", "dtype": "dtype", "remat": "remat"}
+      "dropout_rate": "dropout_rate", "dtype": "dtype", "remat": "remat",
+      "scan_layers": "scan_layers"}
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", check_trunk(self))
@@ -62,8 +67,10 @@ class BANBlock(nn.Module):
 
   Attributes:
     config: the model's `BANConfig`.
+    scanned: return `(x, None)`, the form `nn.scan` iterates (`ban_jax.models.scan`).
   """
   config: BANConfig
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x, segment_ids=None, positions=None, mask=None, deterministic=True,
@@ -81,7 +88,7 @@ class BANBlock(nn.Module):
       kv, token_surprisal: decode against a key/value cache (see `SelfAttention`).
 
     Returns:
-      [batch, length, width].
+      [batch, length, width] (with `scanned`, that and None).
     """
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -93,7 +100,8 @@ class BANBlock(nn.Module):
     h = nn.RMSNorm(dtype=dtype, name="attractor_norm")(x)
     h = BranchedAttractor(cfg.attractor, dtype=dtype, name="attractor")(h, mask=mask,
                                                                        quiet=quiet)
-    return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return (x, None) if self.scanned else x
 
 
 class BANLM(nn.Module):
@@ -105,6 +113,8 @@ class BANLM(nn.Module):
   """
   vocab_size: int
   config: BANConfig = BANConfig()
+  # The unscanned per-layer name (`ban_jax.models.scan` converts to and from it).
+  LAYER_FORMAT: ClassVar[str] = "layer_{}"
 
   @nn.compact
   def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic=True, kv=None,
@@ -131,8 +141,13 @@ class BANLM(nn.Module):
     embed = nn.Embed(self.vocab_size, cfg.width, dtype=dtype,
                      embedding_init=nn.initializers.normal(1.0), name="embed")
     # static_argnums counts `self`: 5 is `deterministic`, 7 `quiet` and 8 `kv`, static.
-    block = nn.remat(BANBlock, static_argnums=(5, 7, 8)) if cfg.remat else BANBlock
-    blocks = [block(cfg, name=f"layer_{i}") for i in range(cfg.depth)]
+    static = (5, 7, 8)
+    if cfg.scan_layers:
+      blocks = [scan.scanned(BANBlock, cfg.depth, 8, remat_static=static if cfg.remat else None)(
+          cfg, scanned=True, name=scan.LAYERS)]
+    else:
+      block = nn.remat(BANBlock, static_argnums=static) if cfg.remat else BANBlock
+      blocks = [block(cfg, name=self.LAYER_FORMAT.format(i)) for i in range(cfg.depth)]
     final_norm = nn.RMSNorm(dtype=dtype, name="final_norm")
     head = None if cfg.tie_embeddings else nn.Dense(self.vocab_size, use_bias=False,
                                                     dtype=dtype, name="logits")
@@ -142,6 +157,7 @@ class BANLM(nn.Module):
       for layer in blocks:
         x = layer(x, segment_ids, positions, mask, deterministic, surprisal, quiet, kv,
                   token_surprisal)
+        x = x[0] if cfg.scan_layers else x
       x = final_norm(x)
       if head is None:
         # Unit-variance embeddings as output weights would give O(sqrt(width)) logits: scale.

@@ -11,6 +11,7 @@ from ban_jax.layers.validation import check_int
 from ban_jax.models.common import check_trunk
 from ban_jax.models.common import read_then_attend
 from ban_jax.models.common import reading_state
+from ban_jax.models import scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,7 @@ class TransformerConfig:
     dtype: computation dtype name, one of `ban_jax.models.common.DTYPES` (parameters stay
       float32; logits are float32). A dtype object is accepted and stored by name.
     remat: rematerialise each block in the backward pass (saves activation memory).
+    scan_layers: run the blocks under one `nn.scan`, as `BANConfig.scan_layers`.
   """
   width: int = 256
   depth: int = 6
@@ -36,12 +38,14 @@ class TransformerConfig:
   dropout_rate: float = 0.0
   dtype: str = "float32"
   remat: bool = False
+  scan_layers: bool = False
 
   # Field -> its name in the flat `config.model` block (`attention` takes its fields from
   # AttentionConfig.FLAT_NAMES).
   FLAT_NAMES: ClassVar[dict[str, str]] = {
       "width": "d_model", "depth": "num_layers", "mlp_dim": "mlp_dim",
-      "dropout_rate": "dropout_rate", "dtype": "dtype", "remat": "remat"}
+      "dropout_rate": "dropout_rate", "dtype": "dtype", "remat": "remat",
+      "scan_layers": "scan_layers"}
 
   def __post_init__(self):
     check_int("model.mlp_dim", self.mlp_dim)
@@ -60,8 +64,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attention(Norm(x)), then x + Mlp(Norm(x)): [batch, length, width] -> the same."""
+  """x + Attention(Norm(x)), then x + Mlp(Norm(x)): [batch, length, width] -> the same.
+
+  With `scanned`, returns `(x, None)`, the form `nn.scan` iterates.
+  """
   config: TransformerConfig
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x, segment_ids, positions, deterministic, surprisal=None, quiet=False,
@@ -74,7 +82,8 @@ class Block(nn.Module):
         token_surprisal=token_surprisal)
     x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     h = Mlp(cfg.mlp_dim, dtype=dtype, name="mlp")(nn.RMSNorm(dtype=dtype, name="mlp_norm")(x))
-    return x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return (x, None) if self.scanned else x
 
 
 class TransformerLM(nn.Module):
@@ -88,6 +97,8 @@ class TransformerLM(nn.Module):
   """
   vocab_size: int
   config: TransformerConfig = TransformerConfig()
+  # The unscanned per-layer name (`ban_jax.models.scan` converts to and from it).
+  LAYER_FORMAT: ClassVar[str] = "block_{}"
 
   @nn.compact
   def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic=True, kv=None,
@@ -98,8 +109,13 @@ class TransformerLM(nn.Module):
     embed = nn.Embed(self.vocab_size, cfg.width, dtype=dtype,
                      embedding_init=nn.initializers.normal(1.0), name="embed")
     # static_argnums counts `self`: 4 is `deterministic`, 6 `quiet` and 7 `kv`, static.
-    block = nn.remat(Block, static_argnums=(4, 6, 7)) if cfg.remat else Block
-    blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.depth)]
+    static = (4, 6, 7)
+    if cfg.scan_layers:
+      blocks = [scan.scanned(Block, cfg.depth, 7, remat_static=static if cfg.remat else None)(
+          cfg, scanned=True, name=scan.LAYERS)]
+    else:
+      block = nn.remat(Block, static_argnums=static) if cfg.remat else Block
+      blocks = [block(cfg, name=self.LAYER_FORMAT.format(i)) for i in range(cfg.depth)]
     final_norm = nn.RMSNorm(dtype=dtype, name="final_norm")
 
     def trunk(surprisal, quiet):
@@ -107,6 +123,7 @@ class TransformerLM(nn.Module):
       for layer in blocks:
         x = layer(x, segment_ids, positions, deterministic, surprisal, quiet, kv,
                   token_surprisal)
+        x = x[0] if cfg.scan_layers else x
       # Unit-variance embeddings as logits weights would make initial logits O(sqrt(d)): scale.
       return embed.attend(final_norm(x) * cfg.width ** -0.5).astype(jnp.float32)
 

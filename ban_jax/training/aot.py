@@ -13,6 +13,7 @@ and the attractor unrolled: XLA's cost analysis of that loop-free program.
 
 import copy
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from ban_jax import config_validation
 from ban_jax.data.tokenizer import ByteTokenizer
 from ban_jax.errors import UserError
 from ban_jax.inference import decode as decode_lib
+from ban_jax.models import scan
 from ban_jax.ops.gravity import platform as gravity_platform
 from ban_jax.ops import kv_cache as kv_ops
 from ban_jax.parallel import mesh as mesh_lib
@@ -158,8 +160,15 @@ def compile_decode(config, devices, data=None) -> Compiled:
   cache of seq_len slots: what sampling during training runs."""
   plan, _, mesh = build(config, devices, data)
   batch = mesh.size
-  decoder = decode_lib.Decoder(plan.model, kv_ops.KVSpec("full", slots=config.data.seq_len))
-  params = plan.abstract.params
+  # Sampling decodes the per-layer model (`train.py`), so the check compiles that one.
+  model, params = plan.model, plan.abstract.params
+  if config.model.get("scan_layers", False):
+    model, _ = scan.unscanned(plan.model, None)
+    params = jax.eval_shape(functools.partial(scan.unstack, layer_format=model.LAYER_FORMAT),
+                            params)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          params, mesh_lib.state_shardings(mesh, params))
+  decoder = decode_lib.Decoder(model, kv_ops.KVSpec("full", slots=config.data.seq_len))
   prompt = jax.ShapeDtypeStruct((batch, config.data.seq_len), jnp.int32)
   _, cache = jax.eval_shape(decoder.prefill_fn, params, prompt)
   batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -186,6 +195,8 @@ def count_flops(config) -> dict:
     config.model.attention_options = ml_collections.ConfigDict({"implementation": "reference"})
     if "unroll" in config.model:
       config.model.unroll = True
+    if "scan_layers" in config.model:      # a scan, too, is a loop counted once
+      config.model.scan_layers = False
     config.mesh.data, config.mesh.fsdp = 1, 1
     config.wells.mode = "off"
     config.eval.batch_size = config.train.batch_size
@@ -198,7 +209,8 @@ def count_flops(config) -> dict:
               analytic_flops=budget.analytic_flops(config, num_params), params=num_params,
               method="XLA cost analysis of the plain train step lowered for one device at the "
                      "per-device batch, attention materialised (implementation=reference), "
-                     "attractor unrolled: no loops, so nothing is counted once for many")
+                     "attractor unrolled, layers not scanned: no loops, so nothing is counted once "
+                     "for many")
 
 
 def largest_batch(config, devices, hbm_bytes: int, first: Compiled, data=None,

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ban_jax.errors import UserError
+from ban_jax.models import scan
 from ban_jax.training import disk
 from ban_jax.training import integrity
 
@@ -183,6 +184,15 @@ class Checkpointer:
     wrong = [(k, have[k], want[k]) for k in sorted(set(want) & set(have))
              if np.prod(have[k]) != np.prod(want[k]) or have[k] != want[k]]
     if missing or extra or wrong:
+      layout = _scan_layout(want), _scan_layout(have)
+      if layout[0] != layout[1]:
+        version = integrity.check_version(os.path.join(self._dir, str(step))) or 1
+        raise UserError(
+            f"the checkpoint at {self._dir}/{step} (checkpoint format version {version}) holds "
+            f"its layers {'scanned' if layout[1] else 'one by one'}, this config "
+            f"{'scans them' if layout[0] else 'does not'}: resume with "
+            f"--config.model.scan_layers={layout[1]} (the layout it was trained with), or "
+            "use a fresh --workdir.")
       detail = (f"{wrong[0][0]} is {wrong[0][1]} there but {wrong[0][2]} in this config"
                 if wrong else f"arrays differ: missing {missing[:2]}, unexpected {extra[:2]}")
       raise UserError(f"the checkpoint at {self._dir}/{step} was written by a different model "
@@ -195,6 +205,11 @@ class Checkpointer:
   def close(self):
     self._seal()
     self._mngr.close()
+
+
+def _scan_layout(shapes: dict[str, tuple]) -> bool:
+  """Whether a state's parameters are scanned (`ban_jax.models.scan`): `params/layers/...`."""
+  return any(k.startswith(f"params/{scan.LAYERS}/") for k in shapes)
 
 
 def all_finite(tree) -> bool:

@@ -54,17 +54,22 @@ def write_manifest(step_dir: str):
     raise
 
 
-def check_version(step_dir: str):
+def check_version(step_dir: str) -> int | None:
   """Refuses a step written in a checkpoint format this ban_jax does not read (a UserError,
   not corruption: the step is sound, only not for this release). A step without a manifest,
-  or with an unreadable one, passes here: `verify` judges those."""
+  or with an unreadable one, passes here (None): `verify` judges those.
+
+  Returns:
+    The step's format version.
+  """
   path = os.path.join(step_dir, MANIFEST)
   try:
     with open(path) as f:
       version = json.load(f).get("version", 1)
   except (OSError, ValueError, AttributeError):
-    return
+    return None
   formats.check("checkpoint", version, path)
+  return version
 
 
 def verify(step_dir: str) -> str | None:

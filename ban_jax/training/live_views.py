@@ -14,16 +14,20 @@ import flax
 import jax
 import numpy as np
 
+from ban_jax.models import scan
+
 # train/diagnostics/layer_<i>/.../focus_usage_<n>, as `BranchedAttractor` sows it.
 _FOCUS = re.compile(r"train/diagnostics/layer_(\d+)/.*focus_usage_(\d+)$")
 _CELL = 16  # pixels per grid cell in the images
 
 
-def masses(params) -> dict[str, np.ndarray]:
-  """{path: M [heads]} of every `gravity_mass_log` in `params` (M = softplus), host float64."""
+def masses(params, layer_format: str = "layer_{}") -> dict[str, np.ndarray]:
+  """{path: M [heads]} of every `gravity_mass_log` in `params` (M = softplus), host float64,
+  under per-layer paths (`layer_format`, the model's `LAYER_FORMAT`) if the layers are scanned."""
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   # Tiny and replicated: every process can read them, even under FSDP.
   raw = jax.device_get({k: v for k, v in flat.items() if k.endswith("gravity_mass_log")})
+  raw = scan.per_layer(raw, layer_format)
   return {k: np.logaddexp(0.0, np.asarray(v, np.float64)).reshape(-1)
           for k, v in sorted(raw.items())}
 
@@ -54,9 +58,9 @@ def grid_image(grid, *, vmin: float, vmax: float) -> np.ndarray:
   return (rgb * 255).round().astype(np.uint8)
 
 
-def write(writer, step: int, params, scalars: dict[str, float]):
+def write(writer, step: int, params, scalars: dict[str, float], layer_format: str = "layer_{}"):
   """Writes the mass and focus-usage views of `step` through a `writers.MetricWriter`."""
-  found = masses(params)
+  found = masses(params, layer_format)
   for path, m in found.items():
     writer.write_histogram(step, f"masses/{path}", m)
   if found and len({m.size for m in found.values()}) == 1:

@@ -11,6 +11,7 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
+from ban_jax.models import scan
 from ban_jax.training.state import TrainState
 
 COLLECTIONS = ("diagnostics", "losses")
@@ -60,7 +61,9 @@ def loss_fn(params, batch, rng, *, model, z_loss: float, token_bytes: jax.Array)
       "bits_per_byte": jnp.sum(nll * w) / math.log(2) / jnp.maximum(num_bytes, 1.0),
       "z_loss": z_term,
       "aux_loss": aux_losses,
-      **_flatten(sown.get("diagnostics", {}), "diagnostics"),
+      # Per layer under the unscanned names, however the model runs its layers.
+      **_flatten(scan.unstack(flax.core.unfreeze(sown.get("diagnostics", {})),
+                              model.LAYER_FORMAT), "diagnostics"),
   }
   example_loss = jnp.sum(nll * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
   return loss, (metrics, example_loss)

@@ -10,6 +10,7 @@ import ml_collections
 
 from ban_jax import config_validation
 from ban_jax.inference import generate
+from ban_jax.models import scan
 from ban_jax.parallel import mesh as mesh_lib
 from ban_jax.training import budget
 from ban_jax.training import checkpoints
@@ -142,7 +143,7 @@ def _train(config, workdir, *, mesh, data, strategy, plan, lock) -> dict[str, fl
         rates["train_sec"] = time.perf_counter() - run_start - eval_seconds
         writer.write_scalars(done, {**scalars, **{f"perf/{k}": v for k, v in rates.items()}})
         writers.log_progress(done, total_steps, scalars, rates)
-        live_views.write(writer, done, state.params, scalars)
+        live_views.write(writer, done, state.params, scalars, plan.model.LAYER_FORMAT)
         final.update(scalars)
       if done % config.eval.every_steps == 0 or done == total_steps:
         eval_start = time.perf_counter()
@@ -167,8 +168,9 @@ def _train(config, workdir, *, mesh, data, strategy, plan, lock) -> dict[str, fl
     logging.warning("stopped by %s at step %d; checkpoint saved in %s/checkpoints: rerun the "
                     "same command to resume.", preempted, step, workdir)
     return {**final, "preempted_at_step": step}
+  # Decoding runs the per-layer model (what `ban_jax.load` and export see).
   sample = generate.sample_text(
-      plan.model, state.params, data.tokenizer, config.eval.sample_prompt,
+      *scan.unscanned(plan.model, state.params), data.tokenizer, config.eval.sample_prompt,
       length=config.eval.sample_length, temperature=config.eval.sample_temperature,
       rng=jax.random.fold_in(state.rng, 1 << 30), train_len=config.data.seq_len)
   writer.write_text(total_steps, "sample", sample)
@@ -178,6 +180,7 @@ def _train(config, workdir, *, mesh, data, strategy, plan, lock) -> dict[str, fl
   workdir_lib.write_final(workdir, params=state.params, sample=sample, final=final,
                           title=f"{config.model.name} on {data.name}",
                           steps_per_epoch=steps_per_epoch,
-                          selection_log=selection_log if first_step < total_steps else None)
+                          selection_log=selection_log if first_step < total_steps else None,
+                          layer_format=plan.model.LAYER_FORMAT)
   logging.info("sample: %s", sample)
   return final

@@ -11,6 +11,7 @@ import ml_collections
 
 from ban_jax import formats
 from ban_jax.errors import UserError
+from ban_jax.models import scan
 from ban_jax.training import plots
 from ban_jax.training import writers
 
@@ -19,8 +20,10 @@ RESUME_KEYS = ("model", "data.tokenizer", "data.spm_model", "data.spm_vocab_size
                "data.source", "data.tfds_name", "data.dump_dir", "data.train_split",
                "data.text_key", "data.seq_len", "train.batch_size", "wells")
 # Inside RESUME_KEYS but free to change on resume: they choose how, not what, is computed (the
-# attention op's implementation: the fused kernel or XLA compute the same function).
-FREE_KEYS = ("model.attention_options.implementation",)
+# attention op's implementation: the fused kernel or XLA compute the same function). Scanning
+# the layers computes the same function too, but lays the checkpoint out differently: the
+# checkpoint's own check names the layout it holds (`checkpoints.Checkpointer`).
+FREE_KEYS = ("model.attention_options.implementation", "model.scan_layers")
 
 
 def check(workdir: str) -> str:
@@ -157,11 +160,15 @@ def closing_on_error(writer, ckpt):
 
 
 def write_final(workdir: str, *, params, sample: str, final: dict, title: str,
-                steps_per_epoch: int, selection_log=None):
-  """The end-of-run files: sample, plots, the selection log and final_metrics.json."""
+                steps_per_epoch: int, selection_log=None, layer_format: str = "layer_{}"):
+  """The end-of-run files: sample, plots, the selection log and final_metrics.json.
+
+  `layer_format` (the model's `LAYER_FORMAT`) names the layers of scanned parameters.
+  """
   # Per-head masses are tiny and replicated: every process can read them, even under FSDP.
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   masses = jax.device_get({k: v for k, v in flat.items() if k.endswith("gravity_mass_log")})
+  masses = scan.per_layer(masses, layer_format)
   if jax.process_index() != 0:
     return
   with open(os.path.join(workdir, "sample.txt"), "w") as f:
