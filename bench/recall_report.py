@@ -129,7 +129,8 @@ def eviction_lines(runs) -> list[str]:
   evict = [r for r in runs if "eviction" in r]
   if not evict:
     return []
-  text = ["\n**Eviction on recall** (MQAR 8 pairs, queries at the end, T = 128, width 64; decoded "
+  text = [f"\n**Eviction on recall** (MQAR {recall.EVICTION['pairs']} pairs, queries at the end, "
+          f"T = {recall.EVICTION['seq_len']}, width {recall.EVICTION['width']}; decoded "
           "token "
           f"by token through `Decoder`; {recall.EVICTION_SEQUENCES:,} sequences, the same for "
           "every policy; Δ = policy − gravity, paired per sequence, ± its SE):\n"]
@@ -246,7 +247,7 @@ def report(results, out_json):
           "Written by `python bench/recall.py --report_only` from `bench/results/recall.json` "
           f"({len(runs)} runs, {results.get('wall_s', 0) / 3600:.1f} h of training on the "
           f"machine that ran them). Models of {recall.LAYERS} layers, head_dim "
-          f"{recall.HEAD_DIM}, trained at T = {recall.SEQ_LEN} (the eviction and length cells "
+          f"{recall.HEAD_DIM}, trained at T = {recall.SEQ_LEN} (the length cells "
           f"at {recall.LONG_TRAIN_LEN}) in batches of {recall.BATCH} on fresh sequences for the "
           "steps shown; accuracy is exact match per query on "
           f"{recall.EVAL_SEQUENCES:,} fresh sequences; ✓ = solved (≥ 99%). The plan and the "

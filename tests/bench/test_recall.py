@@ -157,9 +157,10 @@ def test_an_eviction_cell_scores_every_policy_on_the_same_sequences(monkeypatch)
   monkeypatch.setattr(recall, "EVAL_SEQUENCES", 250)
   cell = dict(recall.EVICTION, arm="transformer_dot", lr=3e-3, seed=0)
   ev = recall.train_one(cell, steps=2, log=lambda s: None)["eviction"]
-  assert ev["budgets"] == [recall.LONG_TRAIN_LEN // 4]
+  budget = recall.EVICTION["seq_len"] // 4
+  assert ev["budgets"] == [budget]
   assert set(ev["accuracy"]) == {"recent", "gravity"}
-  assert ev["vs_gravity"]["gravity"]["32"] == [0.0, 0.0]    # paired with itself: exactly 0
+  assert ev["vs_gravity"]["gravity"][str(budget)] == [0.0, 0.0]    # paired with itself: exactly 0
   assert 0.0 <= ev["full"] <= 1.0
 
 
