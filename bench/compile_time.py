@@ -72,8 +72,36 @@ def parse_case(case: str) -> dict:
   return dict(preset=preset, wells=wells, scan="scan" in flags, remat="remat" in flags)
 
 
+def report(paths: list[str]) -> list[str]:
+  """The docs/results.md section: one table per target, rows as measured, with ratios."""
+  lines = ["## Time to first step: compiling the train step\n",
+           "Written by `python bench/compile_time.py --report_only` from "
+           + ", ".join(f"`bench/results/{os.path.basename(p)}`" for p in paths)
+           + ". Cold compiles (no persistent cache), one process per row; ratios within one "
+           "run. `scan` = `model.scan_layers` (one block under `nn.scan`), `remat` = "
+           "rematerialised blocks. Temporaries are the compiled step's, per device. The committed "
+           "runs shared the 2 cores with a training job (bench/recall.py): seconds are "
+           "inflated alike, ratios less so.\n"]
+  for path in paths:
+    with open(path) as f:
+      res = json.load(f)
+    lines += [f"**{res['target']}** (jax {res['jax']}, {res['cpu_count']} host cores):\n",
+              "| preset | wells | scan | remat | lower s | compile s | HLO chars | "
+              "temporaries GiB |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+      temp = "–" if r.get("temp_gib") is None else f"{r['temp_gib']:.2f}"
+      lines.append(f"| {r['preset']} | {r['wells']} | {'yes' if r['scan'] else 'no'} | "
+                   f"{'yes' if r['remat'] else 'no'} | {r['lower_s']:.1f} | "
+                   f"{r['compile_s']:.1f} | {r['hlo_chars'] / 1e6:.2f}M | {temp} |")
+    lines.append("\nRatios (lower + compile): " + "; ".join(
+        f"{k.replace('_', ' ')} {v:.2f}×" for k, v in sorted(res["ratios"].items())) + ".\n")
+  return lines
+
+
 def main():
   ap = argparse.ArgumentParser()
+  ap.add_argument("--report_only", action="store_true",
+                  help="write the docs/results.md section from the committed JSONs")
   ap.add_argument("--cases", default="default:off,default:wells,transformer:off,ban:off,"
                   "default:off:scan,transformer:off:scan,ban:off:scan")
   ap.add_argument("--topology", default="",
@@ -81,6 +109,14 @@ def main():
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--out", default="")
   args = ap.parse_args()
+  if args.report_only:
+    sys.path.insert(0, REPO)
+    from bench import cli_runs  # pylint: disable=g-import-not-at-top
+    paths = [os.path.join(REPO, "bench", "results", f"compile_time_{t}.json")
+             for t in ("cpu", "tpu_v5e-1")]
+    cli_runs.publish("compile_time", report([p for p in paths if os.path.exists(p)]),
+                     "(no plot)")
+    return
   import jax  # pylint: disable=g-import-not-at-top
   target = f"tpu_{args.topology}" if args.topology else jax.default_backend()
   cases = [parse_case(c) for c in args.cases.split(",")]

@@ -1,5 +1,7 @@
 """bench/compile_time.py: the cases it compiles."""
 
+import json
+
 import pytest
 
 from bench import compile_time
@@ -12,3 +14,16 @@ def test_cases_name_preset_wells_and_the_layout():
                                                               scan=True, remat=True)
   with pytest.raises(SystemExit, match="flags are scan and remat"):
     compile_time.parse_case("ban:off:scanned")
+
+
+def test_the_report_shows_every_row_and_ratio(tmp_path):
+  res = dict(target="cpu", jax="0", cpu_count=2, ratios={"ban_scanned_over_unscanned": 0.5},
+             rows=[dict(preset="ban", wells="off", scan=s, remat=False, lower_s=1.0,
+                        compile_s=c, hlo_chars=2e6, temp_gib=None) for s, c in ((False, 4.0),
+                                                                                 (True, 2.0))])
+  path = tmp_path / "compile_time_cpu.json"
+  path.write_text(json.dumps(res))
+  text = "\n".join(compile_time.report([str(path)]))
+  assert "| ban | off | no | no | 1.0 | 4.0 | 2.00M | – |" in text
+  assert "| ban | off | yes | no | 1.0 | 2.0 | 2.00M | – |" in text
+  assert "ban scanned over unscanned 0.50×" in text
