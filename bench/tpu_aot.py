@@ -146,7 +146,10 @@ def main():
   rec = load()
   t0 = time.time()
   if not args.report_only:
-    done = {(c["preset"], c["topology"]) for c in rec["cells"] if c.get("report")}
+    # With --largest_batch, a row measured without it is done again.
+    done = {(c["preset"], c["topology"]) for c in rec["cells"] if c.get("report")
+            and (not args.largest_batch or "largest_batch" in c["report"]
+                 or c["status"] != "fits")}
     # Slice by slice, so that a deadline leaves whole columns (the pod slice last).
     todo = [(p, s, m) for s, m in SLICES for p in args.presets.split(",")
             if s in args.slices.split(",") and (p, s) not in done]
