@@ -480,9 +480,10 @@ BAD_INPUTS = [
     pytest.param("bad_config_json", lambda t: [], _bad_config_json, "config.json is unreadable",
                  marks=slow),
     ("checkpoint_from_newer", lambda t: [], _newer_checkpoint,
-     "newer than this ban_jax reads (version 1): upgrade ban_jax"),
+     f"newer than this ban_jax reads (version {formats.CHECKPOINT}): upgrade ban_jax"),
     pytest.param("workdir_from_newer", lambda t: [], _newer_workdir,
-                 "newer than this ban_jax reads (version 1): upgrade ban_jax", marks=slow),
+                 f"newer than this ban_jax reads (version {formats.WORKDIR}): upgrade ban_jax",
+                 marks=slow),
 ]
 
 
