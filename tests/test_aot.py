@@ -160,3 +160,28 @@ def test_gravity_attention_compiles_as_the_mosaic_kernel_per_batch_shard(tmp_pat
   report = aot.check(config, "v5e-4", programs=("train",))
   assert report["devices_compiled"] == 4 and report["fits"]
   assert report["programs"]["train"]["kernel_calls"] > 0
+
+
+def test_the_largest_batch_search_bisects_past_a_compiler_out_of_memory(monkeypatch):
+  """A tiny model's line predicts a batch so large that the compiler itself runs out of HBM
+  (seen for smoke on a v5e: 60,446 rows); the search bisects back to a batch that fits."""
+  def fake(batch):
+    if batch > 300:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+    return aot_lib.Compiled(name="train", compile_s=1.0, arguments=0, outputs=0,
+                            temporaries=1000 * batch, code=0, aliased=0)
+  compiled = []
+  monkeypatch.setattr(aot_lib, "compile_train", lambda config, devices, data=None: (
+      compiled.append(config.train.batch_size) or fake(config.train.batch_size)))
+  config = wiki.get_config("smoke")
+  config.train.batch_size = 16
+  batch, tried = aot_lib.largest_batch(config, [object()] * 4, 10 ** 6, fake(16))
+  assert 16 <= batch <= 300 and batch % 4 == 0
+  assert any(t["total"] is None for t in tried)                  # the out-of-memory compile
+  assert [t["batch"] for t in tried] == compiled
+  assert len(compiled) <= 1 + aot_lib.MAX_FIT_COMPILES
+  assert any(t["batch"] == batch and t["total"] <= 10 ** 6 for t in tried)   # verified
+  monkeypatch.setattr(aot_lib, "compile_train", lambda *a, **k: (_ for _ in ()).throw(
+      RuntimeError("INTERNAL: something else")))
+  with pytest.raises(RuntimeError, match="something else"):     # other errors are not hidden
+    aot_lib.largest_batch(config, [object()] * 4, 10 ** 6, fake(16))

@@ -213,12 +213,17 @@ def count_flops(config) -> dict:
                      "for many")
 
 
+MAX_FIT_COMPILES = 8  # after the line's two points: a bound on one search's compiles
+
+
 def largest_batch(config, devices, hbm_bytes: int, first: Compiled, data=None,
                   log=lambda msg: None) -> tuple[int, list[dict]]:
   """The largest global batch whose train step fits `hbm_bytes` per device.
 
   Memory is close to linear in the batch: a second compile at another batch fits the line, a
   third verifies the batch it predicts (stepping down a device's worth of rows until one fits).
+  A batch so far past the line that the compiler runs out of HBM is bisected against the
+  largest batch known to fit; at most MAX_FIT_COMPILES compiles after the first two.
   Returns (batch, the compiles made, as dicts).
   """
   n = len(devices)
@@ -232,12 +237,32 @@ def largest_batch(config, devices, hbm_bytes: int, first: Compiled, data=None,
   if slope <= 0:
     return 0, tried
   guess = int((hbm_bytes - first.total) / slope + b1) // n * n
-  while guess >= n:
-    check = compile_train(with_batch(config, guess), devices, data)
+  # Fitting batches known so far (`first` is the configured batch, which fits when this runs).
+  fits = [b for b, c in ((b1, first), (b2, second)) if c.total <= hbm_bytes]
+  lo, hi = max(fits, default=0), None
+  for _ in range(MAX_FIT_COMPILES):
+    if guess < n or guess <= lo or (hi is not None and guess >= hi):
+      break
+    try:
+      check = compile_train(with_batch(config, guess), devices, data)
+    except Exception as e:  # pylint: disable=broad-except
+      # Far past the line (a tiny model's predicted batch) the compiler itself runs out of HBM.
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      tried.append(dict(batch=guess, total=None, compile_s=None))
+      log(f"train step at batch {guess}: the compiler ran out of HBM")
+      hi = guess
+      guess = (lo + hi) // 2 // n * n
+      continue
     tried.append(dict(batch=guess, total=check.total, compile_s=check.compile_s))
     log(f"train step at batch {guess}: {check.total / GIB:.2f} GiB per device "
         f"({check.compile_s:.0f} s)")
     if check.total <= hbm_bytes:
-      return guess, tried
-    guess -= n * max(1, int((check.total - hbm_bytes) / max(slope * n, 1)))
-  return 0, tried
+      if hi is None or hi - guess <= n:
+        return guess, tried
+      lo = guess
+      guess = (lo + hi) // 2 // n * n
+    else:
+      hi = guess
+      guess -= n * max(1, int((check.total - hbm_bytes) / max(slope * n, 1)))
+  return lo, tried
