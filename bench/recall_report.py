@@ -129,7 +129,8 @@ def eviction_lines(runs) -> list[str]:
   evict = [r for r in runs if "eviction" in r]
   if not evict:
     return []
-  text = [f"\n**Eviction on recall** (MQAR {recall.EVICTION['pairs']} pairs, queries at the end, "
+  text = [f"\n**Eviction on recall** (MQAR {recall.EVICTION['pairs']} pairs, trained with the "
+          "queries anywhere after the keys, tested with them at the end, "
           f"T = {recall.EVICTION['seq_len']}, width {recall.EVICTION['width']}; decoded "
           "token "
           f"by token through `Decoder`; {recall.EVICTION_SEQUENCES:,} sequences, the same for "

@@ -28,7 +28,7 @@ def test_the_plan_screens_first_then_uses_the_chosen_rate():
   assert {c["lr"] for c in dot} == {recall.LEARNING_RATES[1]}
   assert recall.is_eviction_cell(dot[0])                 # eviction right after the screen
   widths = {(c.get("pairs"), c["width"]) for c in dot if c["task"] == "mqar" and not c["seed"]
-            and c.get("placement", "uniform") == "uniform"}
+            and not recall.is_eviction_cell(c)}
   assert widths == {(p, recall.WIDTHS[0]) for p in recall.WIDTH_PAIRS}  # the smallest first
   assert {c["task"] for c in dot} == {"mqar", "induction", "copying"}
   # 97% is between 50% and 99%: seeds 1 and 2 for that cell; 30% and 60% at other rates: no.
@@ -155,8 +155,14 @@ def test_an_eviction_cell_scores_every_policy_on_the_same_sequences(monkeypatch)
   monkeypatch.setattr(recall, "EVICTION_FRACTIONS", (4,))
   monkeypatch.setattr(recall, "EVICTION_SEQUENCES", 6)
   monkeypatch.setattr(recall, "EVAL_SEQUENCES", 250)
+  placements = []
+  generate = recall.recall_tasks.generate
+  monkeypatch.setattr(recall.recall_tasks, "generate", lambda *a, **kw: (
+      placements.append(kw.get("placement")), generate(*a, **kw))[1])
   cell = dict(recall.EVICTION, arm="transformer_dot", lr=3e-3, seed=0)
   ev = recall.train_one(cell, steps=2, log=lambda s: None)["eviction"]
+  # Trained with the queries anywhere, tested with them at the end.
+  assert placements[0] == "uniform" and placements[-1] == "end"
   budget = recall.EVICTION["seq_len"] // 4
   assert ev["budgets"] == [budget]
   assert set(ev["accuracy"]) == {"recent", "gravity"}
