@@ -21,15 +21,16 @@ The plan, in stages (each run appended to bench/results/recall.json when it ends
   screen  MQAR with 8 pairs at width 64: a 3-rate sweep per arm (the gravity logit is bounded
           by M²/ε, so rates matter), widened past an edge (at most twice) while the best rate
           sits on it unsolved; the best rate is used from then on.
-  widths  MQAR with 8, 16 and 32 pairs at widths 32, 64, 128 per main arm: the smallest width
-          that solves each, as Zoology's figure reports it.
-  tasks   induction heads and selective copying at width 64 per main arm.
   eviction the transformer (dot) and the default system trained on MQAR with 4 pairs at
           T = 64, width 64, then tested with the queries at the end (placement "end",
-          ~50 tokens after their keys), decoded token by token through `ban_jax.inference.decode.Decoder` with each of the seven
-          cache policies at budgets of 1/4, 1/8 and 1/16 of the context; accuracy per policy
-          and budget, paired over the same 1,000 sequences. A model that does not solve the
+          ~50 tokens after their keys), decoded token by token through
+          `ban_jax.inference.decode.Decoder` with each of the seven cache policies at
+          budgets of 1/4, 1/8 and 1/16 of the context; accuracy per policy and budget,
+          paired over the same 1,000 sequences. A model that does not solve the
           task with the full cache (>= 99% through the decoder) trains again for 3x the steps.
+  matched the dot transformer with its MLP cut to 3 x width (`transformer_dot_matched`), whose
+          parameters equal the BAN's within 1%, at the screening cell: is the BAN's gap one of
+          parameters (the transformer arms have an MLP of 4 x width, ~16% more parameters)?
   widths  MQAR with 8, 4 and 12 pairs at widths 32, 64, 128 per main arm, in ascending width
           until one solves: the smallest width that solves each, as Zoology's figure reports.
   length  the BAN (dot score) with each positional kind (rope, power_law, alibi, none; the
@@ -38,8 +39,9 @@ The plan, in stages (each run appended to bench/results/recall.json when it ends
   tasks   induction heads and selective copying at width 64 per main arm.
   tagging the default system with tagging off and from surprisal on MQAR 8 at width 64.
   seeds   seeds 1 and 2 for every cell whose accuracy landed between 50% and 99%.
-Every arm takes its rate from its own screen, but the tagging variants take the default's and
-the positional variants the BAN's (one sweep per model, not per knob).
+Every arm takes its rate from its own screen, but the tagging variants take the default's, the
+positional variants the BAN's and the matched transformer the dot transformer's (one sweep per
+model, not per knob).
 """
 
 import functools
@@ -98,6 +100,9 @@ ARMS = {
     "transformer_dot": dict(_TRANSFORMER, attention="dot"),
     "transformer_gravity": dict(_TRANSFORMER, attention="gravity"),
     "transformer_inverse_square": dict(_TRANSFORMER, attention="inverse_square"),
+    # The control at the BAN's parameters: an MLP of 3 x width holds what the BAN's 3 branches,
+    # gate, W and output hold (d² each: 6 d² per layer), so the two differ by biases and scales.
+    "transformer_dot_matched": dict(_TRANSFORMER, attention="dot", mlp_ratio=3),
     "ban": dict(preset="ban", attention="dot", positional="rope", tagging=False),
     "default": _DEFAULT,
     "default_tagging_off": dict(_DEFAULT, tagging=False),
@@ -105,11 +110,11 @@ ARMS = {
     **{f"ban_{kind}": dict(preset="ban", attention="dot", positional=kind, tagging=False)
        for kind in ("power_law", "alibi", "none")},
 }
-RATE_FROM = {"default_tagging_off": "default", "default_surprisal_tags": "default",
+RATE_FROM = {"transformer_dot_matched": "transformer_dot", "default_tagging_off": "default", "default_surprisal_tags": "default",
              "ban_power_law": "ban", "ban_alibi": "ban", "ban_none": "ban"}
 MAIN_ARMS = ("transformer_dot", "transformer_gravity", "transformer_inverse_square", "ban",
              "default")
-STAGES = ("screen", "eviction", "widths", "length", "tasks", "tagging", "seeds")
+STAGES = ("screen", "eviction", "matched", "widths", "length", "tasks", "tagging", "seeds")
 
 
 def model_config(arm: str, width: int):
@@ -124,7 +129,7 @@ def model_config(arm: str, width: int):
   if "tagging_source" in spec:
     c.tagging_source = spec["tagging_source"]
   if spec["preset"] == "transformer":
-    c.mlp_dim = 4 * width
+    c.mlp_dim = spec.get("mlp_ratio", 4) * width
   else:
     c.update(num_branches=3, attractor_steps=4, unroll=True)
   return c
@@ -359,6 +364,9 @@ def plan(runs, arms, stages) -> list[dict]:
         if first and first[0]["eviction"]["full"] < SOLVED:
           cell["train_steps"] = EVICTION_RETRY * STEPS
         cells.append(cell)
+  if "matched" in stages and rates.get("transformer_dot") is not None:
+    cells += [dict(SCREEN, arm="transformer_dot_matched", lr=rates["transformer_dot"], seed=0)
+              for _ in [1] if "transformer_dot_matched" in arms]
   if "widths" in stages:
     for pairs in WIDTH_PAIRS:
       for arm in main:

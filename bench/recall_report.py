@@ -300,6 +300,21 @@ def report(results, out_json):
              "else over the test queries only):\n",
              "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
              *verdicts]
+  matched = []
+  for label in sorted({task_label(r) for r in runs}):
+    for width in sorted({r["width"] for r in runs if task_label(r) == label}):
+      for arm in ("ban", "default"):
+        got = arm_vs_dot(runs, label, width, arm, base="transformer_dot_matched")
+        if got:
+          diff, se, seeds = got
+          matched.append(f"| {label} | {width} | {arm} | {diff:+.1%} ± {se:.1%} | "
+                         f"{verdict(diff, se)} | {seeds} |")
+  if matched:
+    text += ["\n**At equal parameters**: *the BAN recalls more accurately than a transformer of "
+             "its size* (Δ = arm − transformer_dot_matched, the dot transformer with an MLP of "
+             "3 × width, parameters within 1% of the BAN's, at the dot transformer's rate):\n",
+             "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
+             *matched]
   for old in results.get("superseded", []):
     text.append(f"\n*Superseded design* ({old['design']}): {old['why']}")
   text.append("\n![recall](../bench/results/recall.png)")

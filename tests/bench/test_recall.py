@@ -87,6 +87,7 @@ def test_the_report_renders(tmp_path, monkeypatch):
   runs += [_run("transformer_dot", recall.LEARNING_RATES[1], acc, width=w)
            for w, acc in ((32, 0.4), (128, 1.0))]
   runs += [_run("default", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.2, 0.9, 0.5))]
+  runs.append(_run("transformer_dot_matched", recall.LEARNING_RATES[1], 0.95))
   budgets = ["32", "16"]
   ev = {"budgets": [32, 16], "full": 1.0,
         "accuracy": {"recent": dict(zip(budgets, (0.5, 0.2))),
@@ -105,6 +106,8 @@ def test_the_report_renders(tmp_path, monkeypatch):
   assert (tmp_path / "recall.png").read_bytes()[:4] == b"\x89PNG"
   # default (90% at its best rate) vs the dot transformer (100%), one seed each: worse.
   assert "| MQAR 8 pairs | 64 | default | -10.0% ± " in text and "no (worse)" in text
+  # ... and against the dot transformer of its parameters (95%).
+  assert "| MQAR 8 pairs | 64 | default | -5.0% ± " in text.split("At equal parameters")[1]
   # Gravity keeps 40 points more than recent at 32 slots, ties at 16.
   assert "32 slots: vs the best other policy (recent) yes (z +40.0)" in text
   assert "16 slots: vs the best other policy (recent) not shown" in text
@@ -180,3 +183,26 @@ def test_an_eviction_model_left_unsolved_trains_again_for_longer():
   assert again == [dict(cell, train_steps=recall.EVICTION_RETRY * recall.STEPS)]
   solved = _run("default", rates[1], 1.0, **recall.EVICTION, eviction={"full": 1.0})
   assert recall.plan(runs + [solved], ["default"], ["eviction"]) == []
+
+
+def test_the_matched_transformer_holds_the_bans_parameters_and_runs_after_the_screen():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ban_jax import models  # pylint: disable=g-import-not-at-top
+
+  def count(arm, width):
+    m = models.get_model(recall.model_config(arm, width), recall.VOCAB)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    p = jax.eval_shape(lambda: m.init(jax.random.key(0), tokens, positions=tokens))["params"]
+    return sum(x.size for x in jax.tree.leaves(p))
+
+  for width in recall.WIDTHS:
+    ban, matched = count("ban", width), count("transformer_dot_matched", width)
+    assert abs(matched / ban - 1) < 0.01, (width, ban, matched)
+    assert count("transformer_dot", width) > 1.1 * ban          # the 4 x width MLP: more
+  assert recall.plan([], ["transformer_dot_matched"], ["matched"]) == []   # no rate yet
+  runs = [_run("transformer_dot", lr, acc) for lr, acc in zip(recall.LEARNING_RATES,
+                                                                (0.3, 1.0, 0.6))]
+  assert recall.best_lr(runs, "transformer_dot_matched") == recall.LEARNING_RATES[1]
+  assert recall.plan(runs, ["transformer_dot", "transformer_dot_matched"], ["matched"]) == [
+      dict(recall.SCREEN, arm="transformer_dot_matched", lr=recall.LEARNING_RATES[1], seed=0)]
