@@ -85,6 +85,11 @@ EVICTION = dict(task="mqar", pairs=4, placement="uniform", eval_placement="end",
                 seq_len=SEQ_LEN)
 EVICTION_ARMS = ("transformer_dot", "default")
 EVICTION_POLICIES = ("full", "recent", "sinks", "h2o", "tova", "knorm", "gravity")
+# Gravity and H2O keep the newest half of the budget by default (the seed's and H2O's own
+# split); these variants give the whole budget to the score, as Knorm and TOVA do.
+EVICTION_VARIANTS = {"gravity_r0": dict(policy="gravity", recent=0),
+                     "h2o_r0": dict(policy="h2o", recent=0)}
+GRAVITY_FAMILY = ("gravity", "gravity_r0")  # compared with every policy outside the family
 EVICTION_FRACTIONS = (4, 8, 16)             # budgets of SEQ_LEN / 4, / 8, / 16 slots
 EVICTION_SEQUENCES = 1000
 EVICTION_RETRY = 3                          # x STEPS, for a model the first run left unsolved
@@ -258,9 +263,10 @@ def eviction_accuracy(model, params, cell: dict, log=print) -> dict:
   policy from "gravity" is over per-sequence accuracies (mean and its standard error).
 
   Returns:
-    {"budgets": [...], "accuracy": {policy: {budget: acc}}, "vs_gravity": {policy: {budget:
-    [mean difference (policy − gravity), standard error]}}, "full": the unbounded cache's
-    accuracy through the decoder (equal to the parallel forward's up to ties).}
+    {"budgets": [...], "accuracy": {policy: {budget: acc}}, "vs": {g: {policy: {budget:
+    [mean difference (policy − g), standard error]}}} for g in GRAVITY_FAMILY, "vs_gravity":
+    vs["gravity"], "full": the unbounded cache's accuracy through the decoder (equal to the
+    parallel forward's up to ties).} Policies are EVICTION_POLICIES and EVICTION_VARIANTS.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ban_jax.inference import decode  # pylint: disable=g-import-not-at-top
@@ -280,20 +286,23 @@ def eviction_accuracy(model, params, cell: dict, log=print) -> dict:
 
   full = per_sequence(kv_cache.KVSpec("full", slots=cell["seq_len"] + 1))
   budgets = [cell["seq_len"] // f for f in EVICTION_FRACTIONS]
+  named = {p: dict(policy=p) for p in EVICTION_POLICIES[1:]} | EVICTION_VARIANTS
   scores = {}
-  for policy in EVICTION_POLICIES[1:]:
+  for name, kw in named.items():
     for slots in budgets:
       # StreamingLLM's 4 sinks would fill a 4-slot budget: at most a quarter of it.
-      spec = kv_cache.KVSpec(policy, slots=slots, sinks=max(1, min(4, slots // 4)))
-      scores[(policy, slots)] = per_sequence(spec)
-      log(f"[recall]   eviction {policy} at {slots} slots: "
-          f"{scores[(policy, slots)].mean():.4f} (full cache {full.mean():.4f})")
-  out = {"budgets": budgets, "full": float(full.mean()), "accuracy": {}, "vs_gravity": {}}
-  for (policy, slots), acc in scores.items():
-    diff = acc - scores[("gravity", slots)]
-    out["accuracy"].setdefault(policy, {})[str(slots)] = float(acc.mean())
-    out["vs_gravity"].setdefault(policy, {})[str(slots)] = [
-        float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))]
+      spec = kv_cache.KVSpec(slots=slots, sinks=max(1, min(4, slots // 4)), **kw)
+      scores[(name, slots)] = per_sequence(spec)
+      log(f"[recall]   eviction {name} at {slots} slots: "
+          f"{scores[(name, slots)].mean():.4f} (full cache {full.mean():.4f})")
+  out = {"budgets": budgets, "full": float(full.mean()), "accuracy": {}, "vs": {}}
+  for (name, slots), acc in scores.items():
+    out["accuracy"].setdefault(name, {})[str(slots)] = float(acc.mean())
+    for ref in GRAVITY_FAMILY:
+      diff = acc - scores[(ref, slots)]
+      out["vs"].setdefault(ref, {}).setdefault(name, {})[str(slots)] = [
+          float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))]
+  out["vs_gravity"] = out["vs"]["gravity"]
   return out
 
 

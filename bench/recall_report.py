@@ -134,7 +134,8 @@ def eviction_lines(runs) -> list[str]:
           f"T = {recall.EVICTION['seq_len']}, width {recall.EVICTION['width']}; decoded "
           "token "
           f"by token through `Decoder`; {recall.EVICTION_SEQUENCES:,} sequences, the same for "
-          "every policy; Δ = policy − gravity, paired per sequence, ± its SE):\n"]
+          "every policy; Δ = policy − gravity, paired per sequence, ± its SE; `_r0`: "
+          "no recent window, the whole budget to the score):\n"]
   for r in evict:
     ev = r["eviction"]
     solved = "solved" if ev["full"] >= recall.SOLVED else "**not solved: verdicts are weak**"
@@ -149,15 +150,18 @@ def eviction_lines(runs) -> list[str]:
         cells_.append(f"{accs[str(b)]:.1%}" + ("" if policy == "gravity" else
                                                  f" (Δ {d:+.1%} ± {se:.1%})"))
       text.append(f"| {policy} | " + " | ".join(cells_) + " |")
-    rows = []
-    for b in ev["budgets"]:
-      others = {p: ev["vs_gravity"][p][str(b)] for p in ev["accuracy"] if p != "gravity"}
-      best = max(others, key=lambda p: others[p][0])
-      d, se = others[best]
-      rows.append(f"{b} slots: vs the best other policy ({best}) "
-                  + verdict(-d, se).replace("not shown", "not shown"))
-    text.append(f"\nVerdict, *gravity keeps what recall needs better than every other policy* "
-                f"({r['arm']}, seed {r['seed']}, 1 seed): " + "; ".join(rows) + ".\n")
+    vs = ev.get("vs", {"gravity": ev["vs_gravity"]})
+    for ref in [g for g in recall.GRAVITY_FAMILY if g in vs]:
+      rows = []
+      for b in ev["budgets"]:
+        others = {p: vs[ref][p][str(b)] for p in ev["accuracy"]
+                  if p not in recall.GRAVITY_FAMILY}
+        best = max(others, key=lambda p: others[p][0])
+        d, se = others[best]
+        rows.append(f"{b} slots: vs the best other policy ({best}) {verdict(-d, se)}")
+      what = "gravity" if ref == "gravity" else "gravity without the recent window"
+      text.append(f"\nVerdict, *{what} keeps what recall needs better than every other "
+                  f"policy* ({r['arm']}, seed {r['seed']}, 1 seed): " + "; ".join(rows) + ".\n")
   return text
 
 

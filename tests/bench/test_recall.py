@@ -94,6 +94,14 @@ def test_the_report_renders(tmp_path, monkeypatch):
                      "gravity": dict(zip(budgets, (0.9, 0.2)))},
         "vs_gravity": {"recent": {"32": [-0.4, 0.01], "16": [0.0, 0.01]},
                        "gravity": {"32": [0.0, 0.0], "16": [0.0, 0.0]}}}
+  # Without the recent window gravity keeps less than recent at 16 slots (by 5 points).
+  ev["accuracy"]["gravity_r0"] = dict(zip(budgets, (0.95, 0.15)))
+  ev["vs"] = {"gravity": {**ev["vs_gravity"], "gravity_r0": {"32": [0.05, 0.01],
+                                                             "16": [-0.05, 0.01]}},
+              "gravity_r0": {"recent": {"32": [-0.45, 0.01], "16": [0.05, 0.01]},
+                             "gravity": {"32": [-0.05, 0.01], "16": [0.05, 0.01]},
+                             "gravity_r0": {"32": [0.0, 0.0], "16": [0.0, 0.0]}}}
+  ev["vs_gravity"] = ev["vs"]["gravity"]
   runs.append(_run("transformer_dot", recall.LEARNING_RATES[1], 1.0, **recall.EVICTION,
                    eviction=ev))
   for arm, long in (("ban", 0.3), ("ban_power_law", 0.8)):
@@ -111,6 +119,9 @@ def test_the_report_renders(tmp_path, monkeypatch):
   # Gravity keeps 40 points more than recent at 32 slots, ties at 16.
   assert "32 slots: vs the best other policy (recent) yes (z +40.0)" in text
   assert "16 slots: vs the best other policy (recent) not shown" in text
+  without = text.split("gravity without the recent window keeps")[1]
+  assert "32 slots: vs the best other policy (recent) yes" in without
+  assert "16 slots: vs the best other policy (recent) no (worse)" in without
   assert "| induction (T = 128) | power_law | 100.0% | 80.0% |" in text
   assert "(induction (T = 128), T = 1024, vs the best other: rope, 1 seed): yes" in text
   assert (tmp_path / "recall_length_eviction.png").read_bytes()[:4] == b"\x89PNG"
@@ -168,8 +179,10 @@ def test_an_eviction_cell_scores_every_policy_on_the_same_sequences(monkeypatch)
   assert placements[0] == "uniform" and placements[-1] == "end"
   budget = recall.EVICTION["seq_len"] // 4
   assert ev["budgets"] == [budget]
-  assert set(ev["accuracy"]) == {"recent", "gravity"}
-  assert ev["vs_gravity"]["gravity"][str(budget)] == [0.0, 0.0]    # paired with itself: exactly 0
+  assert set(ev["accuracy"]) == {"recent", "gravity", "gravity_r0", "h2o_r0"}
+  for ref in recall.GRAVITY_FAMILY:                               # paired with itself: exactly 0
+    assert ev["vs"][ref][ref][str(budget)] == [0.0, 0.0]
+  assert ev["vs_gravity"] == ev["vs"]["gravity"]
   assert 0.0 <= ev["full"] <= 1.0
 
 
