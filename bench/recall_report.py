@@ -15,13 +15,23 @@ TASK_NAMES = {"mqar": "MQAR", "induction": "induction", "copying": "selective co
 
 
 def task_label(r) -> str:
+  """The task as the tables name it: every field that makes two runs different cells.
+
+  An eviction cell (tested with its queries elsewhere than it trained) and a longer retry are
+  cells of their own, never pooled with the plain cell as if they were its seeds.
+  """
+  notes = []
+  if r["task"] == "mqar" and r.get("placement", "uniform") != "uniform":
+    notes.append(r["placement"])
+  if r.get("eval_placement"):
+    notes.append(f"tested {r['eval_placement']}")
   length = r.get("seq_len", recall.SEQ_LEN)
-  at = "" if length == recall.SEQ_LEN else f", T = {length}"
-  if r["task"] == "mqar":
-    placement = r.get("placement", "uniform")
-    extra = ("" if placement == "uniform" else placement) + at
-    return f"MQAR {r['pairs']} pairs" + (f" ({extra.lstrip(', ')})" if extra else "")
-  return TASK_NAMES[r["task"]] + (f" ({at.lstrip(', ')})" if at else "")
+  if length != recall.SEQ_LEN:
+    notes.append(f"T = {length}")
+  if r.get("train_steps"):
+    notes.append(f"{r['train_steps']:,} steps")
+  name = f"MQAR {r['pairs']} pairs" if r["task"] == "mqar" else TASK_NAMES[r["task"]]
+  return name + (f" ({', '.join(notes)})" if notes else "")
 
 
 def cells(runs) -> dict:
@@ -202,7 +212,8 @@ def _plot(runs, png):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   labels = sorted({task_label(r) for r in runs if r["task"] == "mqar"
                    and r.get("seq_len", recall.SEQ_LEN) == recall.SEQ_LEN
-                   and r.get("placement", "uniform") == "uniform"})
+                   and r.get("placement", "uniform") == "uniform"
+                   and not r.get("eval_placement") and not r.get("train_steps")})
   fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4 * (len(labels) + 1), 3.6),
                            squeeze=False)
   table = cells(runs)
@@ -279,7 +290,8 @@ def report(results, out_json):
                   f"{steps[(label, arm, width)]} | {_fmt(values)} |")
   labels = sorted({task_label(r) for r in runs if r["task"] == "mqar"
                    and r.get("seq_len", recall.SEQ_LEN) == recall.SEQ_LEN
-                   and r.get("placement", "uniform") == "uniform"})
+                   and r.get("placement", "uniform") == "uniform"
+                   and not r.get("eval_placement") and not r.get("train_steps")})
   if labels:
     text += ["\n**Smallest width that solves MQAR** (– : none of the widths trained):\n",
              "| arm | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]

@@ -87,7 +87,8 @@ def test_the_report_renders(tmp_path, monkeypatch):
   runs += [_run("transformer_dot", recall.LEARNING_RATES[1], acc, width=w)
            for w, acc in ((32, 0.4), (128, 1.0))]
   runs += [_run("default", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.2, 0.9, 0.5))]
-  runs.append(_run("transformer_dot_matched", recall.LEARNING_RATES[1], 0.95))
+  runs += [_run("transformer_dot_matched", lr, acc)       # its own sweep, best 95%
+           for lr, acc in zip(recall.LEARNING_RATES, (0.4, 0.95, 0.5))]
   budgets = ["32", "16"]
   ev = {"budgets": [32, 16], "full": 1.0,
         "accuracy": {"recent": dict(zip(budgets, (0.5, 0.2))),
@@ -216,6 +217,15 @@ def test_the_matched_transformer_holds_the_bans_parameters_and_runs_after_the_sc
   assert recall.plan([], ["transformer_dot_matched"], ["matched"]) == []   # no rate yet
   runs = [_run("transformer_dot", lr, acc) for lr, acc in zip(recall.LEARNING_RATES,
                                                                 (0.3, 1.0, 0.6))]
-  assert recall.best_lr(runs, "transformer_dot_matched") == recall.LEARNING_RATES[1]
-  assert recall.plan(runs, ["transformer_dot", "transformer_dot_matched"], ["matched"]) == [
-      dict(recall.SCREEN, arm="transformer_dot_matched", lr=recall.LEARNING_RATES[1], seed=0)]
+  # A model of its own size: its own sweep, not the dot transformer's rate.
+  assert recall.best_lr(runs, "transformer_dot_matched") is None
+  both = ["transformer_dot", "transformer_dot_matched"]
+  assert recall.plan(runs, both, ["screen"]) == [
+      dict(recall.SCREEN, arm="transformer_dot_matched", lr=lr, seed=0)
+      for lr in recall.LEARNING_RATES]
+  runs += [_run("transformer_dot_matched", lr, acc) for lr, acc in zip(recall.LEARNING_RATES,
+                                                                       (0.2, 0.4, 1.0))]
+  assert recall.plan(runs, both, ["matched"]) == [
+      dict(recall.SCREEN, arm=arm, lr=recall.LEARNING_RATES[i], seed=seed)
+      for arm, i in (("transformer_dot", 1), ("transformer_dot_matched", 2))
+      for seed in recall.MATCHED_SEEDS]
