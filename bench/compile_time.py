@@ -72,26 +72,39 @@ def parse_case(case: str) -> dict:
   return dict(preset=preset, wells=wells, scan="scan" in flags, remat="remat" in flags)
 
 
+def _median_rows(rows) -> list[dict]:
+  """One row per case, in first-seen order: the median of its repeats (by total time)."""
+  cases = {}
+  for r in rows:
+    cases.setdefault((r["preset"], r["wells"], r["scan"], r["remat"]), []).append(r)
+  out = []
+  for reps in cases.values():
+    mid = sorted(reps, key=lambda r: r["total_s"])[(len(reps) - 1) // 2]
+    out.append(dict(mid, repeats=len(reps)))
+  return out
+
+
 def report(paths: list[str]) -> list[str]:
-  """The docs/results.md section: one table per target, rows as measured, with ratios."""
+  """The docs/results.md section: one table per target (median of repeats), with ratios."""
   lines = ["## Time to first step: compiling the train step\n",
            "Written by `python bench/compile_time.py --report_only` from "
            + ", ".join(f"`bench/results/{os.path.basename(p)}`" for p in paths)
            + ". Cold compiles (no persistent cache), one process per row; ratios within one "
-           "run. `scan` = `model.scan_layers` (one block under `nn.scan`), `remat` = "
-           "rematerialised blocks. Temporaries are the compiled step's, per device. The committed "
-           "runs shared the 2 cores with a training job (bench/recall.py): seconds are "
-           "inflated alike, ratios less so.\n"]
+           "run, of medians over the repeats (interleaved, so load changes hit every case "
+           "alike). `default` is the shipped system, `ban` the BAN with the transformer's "
+           "attention and positions. `scan` = `model.scan_layers` (one block under `nn.scan`), "
+           "`remat` = rematerialised blocks. Temporaries are the compiled step's, per device.\n"]
   for path in paths:
     with open(path) as f:
       res = json.load(f)
-    lines += [f"**{res['target']}** (jax {res['jax']}, {res['cpu_count']} host cores):\n",
-              "| preset | wells | scan | remat | lower s | compile s | HLO chars | "
-              "temporaries GiB |", "|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
+    lines += [f"**{res['target']}** (jax {res['jax']}, {res['cpu_count']} host cores; "
+              f"{res.get('machine', 'shared the cores with a training job (bench/recall.py): seconds inflated alike, ratios less so')}):\n",
+              "| preset | wells | scan | remat | repeats | lower s | compile s | HLO chars | "
+              "temporaries GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in _median_rows(res["rows"]):
       temp = "–" if r.get("temp_gib") is None else f"{r['temp_gib']:.2f}"
       lines.append(f"| {r['preset']} | {r['wells']} | {'yes' if r['scan'] else 'no'} | "
-                   f"{'yes' if r['remat'] else 'no'} | {r['lower_s']:.1f} | "
+                   f"{'yes' if r['remat'] else 'no'} | {r['repeats']} | {r['lower_s']:.1f} | "
                    f"{r['compile_s']:.1f} | {r['hlo_chars'] / 1e6:.2f}M | {temp} |")
     lines.append("\nRatios (lower + compile): " + "; ".join(
         f"{k.replace('_', ' ')} {v:.2f}×" for k, v in sorted(res["ratios"].items())) + ".\n")
@@ -118,6 +131,7 @@ def main():
                      "(no plot)")
     return
   import jax  # pylint: disable=g-import-not-at-top
+  load = os.getloadavg()[0]        # another job on the cores inflates every second measured
   target = f"tpu_{args.topology}" if args.topology else jax.default_backend()
   cases = [parse_case(c) for c in args.cases.split(",")]
   rows = []
@@ -138,9 +152,11 @@ def main():
           == (preset, wells, scan, remat)]
     return statistics.median(xs) if xs else float("nan")
   ratios = {}
-  for scan in (False, True):
+  for scan in (False, True):   # the plain BAN preset at the transformer's parameters, too
+    ratios["ban_preset_over_transformer" + ("_scanned" if scan else "")] = (
+        median("ban", "off", scan) / median("transformer", "off", scan))
     tag = "_scanned" if scan else ""
-    ratios[f"ban_plain_over_transformer{tag}"] = (median("default", "off", scan)
+    ratios[f"default_plain_over_transformer{tag}"] = (median("default", "off", scan)
                                                   / median("transformer", "off", scan))
     ratios[f"wells_over_plain{tag}"] = (median("default", "wells", scan)
                                         / median("default", "off", scan))
@@ -153,6 +169,9 @@ def main():
   with open(out, "w") as f:
     json.dump(dict(target=target, jax=jax.__version__, cpu_count=os.cpu_count(), rows=rows,
                    ratios=ratios, wall_s=time.time() - t0,
+                   machine=f"load average {load:.1f} at the start" + (
+                       " (another job on the cores: seconds inflated alike, ratios less so)"
+                       if load > 0.5 * os.cpu_count() else ""),
                    note="lower + compile of the train step, cold (no persistent cache), one "
                    "process per configuration; ratios within this run"), f, indent=1)
   print(json.dumps(ratios, indent=1))

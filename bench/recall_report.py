@@ -328,10 +328,8 @@ def report(results, out_json):
   if matched:
     text += ["\n**At equal parameters**: *the BAN recalls more accurately than a transformer of "
              "its size* (Δ = arm − transformer_dot_matched, the dot transformer with an MLP of "
-             "3 × width, parameters within 1% of the BAN's, at the dot transformer's rate, "
-             "not swept for itself: the dot transformer solved the screen at one rate of four, "
-             "so a matched transformer that fails may be off its rate, and one seed's SE over "
-             "test queries says nothing of seeds):\n",
+             "3 × width, parameters within 1% of the BAN's, each at its own screened rate; "
+             "SE over seeds where several, else over the test queries only):\n",
              "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
              *matched]
   for old in results.get("superseded", []):

@@ -135,17 +135,24 @@ def selection_step(state: TrainState, batch: dict[str, jax.Array],
           jnp.stack([jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)]),
           jnp.stack([jnp.array(True), active]))
 
+    traced = []   # the shapes of run's outputs, from the trace lax.cond makes of it
+
     def one_update(carry, x):
       one_batch, one_key, on = x
+      traced.clear()
 
       def run(carry):
         params, opt_state = carry
         (loss, (m, example_loss)), grads = loss_grad(params, one_batch, one_key, **kw)
         params, opt_state, um = update(params, opt_state, grads)
-        return (params, opt_state), (loss, m, um, example_loss)
+        out = (loss, m, um, example_loss)
+        traced.append(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), out))
+        return (params, opt_state), out
 
       def skip(carry):   # an inactive extra slot: nothing changes, outputs are placeholders
-        shapes = jax.eval_shape(run, carry)[1]
+        # lax.cond traces `run` before `skip`: its shapes spare tracing the model a second
+        # time (eval_shape would: a third of the Wells step's compile time, all in tracing).
+        shapes = traced[-1] if traced else jax.eval_shape(run, carry)[1]
         return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
       return lax.cond(on, run, skip, carry)
 

@@ -197,3 +197,22 @@ def test_recent_rule_injects_only_after_formations(tiny_config, tmp_path):
   assert formed_steps and injected_steps == {s + 2 + j for s in formed_steps for j in (0, 1)
                                              if s + 2 + j < 30}
   assert len(injected_steps) < 28           # some steps form no well, so some take no extra
+
+
+def test_the_wells_step_traces_the_model_once_as_the_plain_step_does(tiny_config, monkeypatch):
+  calls = []
+  loss_fn = steps_lib.loss_fn
+  monkeypatch.setattr(steps_lib, "loss_fn", lambda *a, **k: calls.append(1) or loss_fn(*a, **k))
+  batch = _batch(4, 16, [1, 2, 3, 4])
+  traces = {}
+  for mode in ("off", "wells"):
+    c = tiny_config(wells__mode=mode, wells__warmup_steps=0, train__batch_size=4)
+    strategy = selection.from_config(c.wells, num_examples=50, steps_per_epoch=10,
+                                     total_steps=20)
+    plan = _plan(c, strategy)
+    state = plan.init(jax.random.PRNGKey(0))
+    step, num_batches = plan.train_step_jit(strategy)
+    calls.clear()
+    step.lower(state, *[batch] * num_batches)  # Wells: two updates, one trace of the model
+    traces[mode] = (num_batches, len(calls))
+  assert traces == {"off": (1, 1), "wells": (2, 1)}
