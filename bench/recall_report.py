@@ -51,7 +51,9 @@ def _mean_std(values):
 
 def _fmt(values) -> str:
   mean, std = _mean_std(values)
-  text = f"{mean:.1%}" if math.isnan(std) else f"{mean:.1%} ± {std:.1%} ({len(values)})"
+  solved = sum(v >= recall.SOLVED for v in values)
+  text = (f"{mean:.1%}" if math.isnan(std) else f"{mean:.1%} ± {std:.1%} ({len(values)}"
+          + (f"; {solved} solved" if solved else "") + ")")
   return text + (" ✓" if mean >= recall.SOLVED else "")
 
 
@@ -217,33 +219,43 @@ def _plot(runs, png):
   fig, axes = plt.subplots(1, len(labels) + 1, figsize=(4 * (len(labels) + 1), 3.6),
                            squeeze=False)
   table = cells(runs)
+  colour = {arm: f"C{i}" if i < 10 else "k" for i, arm in enumerate(recall.ARMS)}
   for ax, label in zip(axes[0], labels):
     for arm in recall.ARMS:
       rate = recall.best_lr(runs, arm)
-      pts = sorted((w, _mean_std(v)[0]) for (t, a, w, lr), v in table.items()
+      got = sorted((w, v) for (t, a, w, lr), v in table.items()
                    if t == label and a == arm and lr == rate)
-      if pts:
-        ax.plot(*zip(*pts), "o-", label=arm)
+      if got:
+        ax.plot([w for w, _ in got], [_mean_std(v)[0] for _, v in got], "o-", label=arm,
+                color=colour[arm])
+        # Every seed as a faint dot: a mean of 1/3 solved is not three runs at 45%.
+        seeds = [(w, x) for w, v in got if len(v) > 1 for x in v]
+        if seeds:
+          ax.plot(*zip(*seeds), "o", color=colour[arm], alpha=0.35, ms=4)
     ax.axhline(recall.SOLVED, color="k", lw=0.7, ls="--")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width")
-    ax.set_ylabel("accuracy per query")
+    ax.set_ylabel("accuracy per query (mean; dots: seeds)")
     ax.set_title(label)
     ax.grid(alpha=0.3)
   ax = axes[0][-1]
-  for r in runs:
-    if r["seed"] == 0 and r["lr"] == recall.best_lr(runs, r["arm"]) and (
+  for r in sorted(runs, key=lambda r: r["seed"]):
+    if r["lr"] == recall.best_lr(runs, r["arm"]) and (
         task_label(r) == f"MQAR {recall.SCREEN['pairs']} pairs"
         and r["width"] == recall.SCREEN["width"]):
-      ax.plot(*zip(*r["curve"]), label=r["arm"])
+      ax.plot(*zip(*r["curve"]), ls="-" if r["seed"] == 0 else ":",
+              color=colour[r["arm"]], label=r["arm"])
   ax.set_xlabel("step")
   ax.set_ylabel("accuracy (256 sequences)")
-  ax.set_title("learning curves, screening cell")
+  ax.set_title(f"learning curves, screening cell\n(seed 0 solid, other seeds dotted)")
   ax.grid(alpha=0.3)
-  handles, names = axes[0][0].get_legend_handles_labels()
-  if handles:
-    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8,
-               bbox_to_anchor=(0.5, -0.08))
+  legend = {}
+  for a in axes[0]:
+    for handle, name in zip(*a.get_legend_handles_labels()):
+      legend.setdefault(name, handle)
+  if legend:
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=8,
+               bbox_to_anchor=(0.5, -0.12))
   fig.tight_layout()
   fig.savefig(png, dpi=120, bbox_inches="tight")
   plt.close(fig)

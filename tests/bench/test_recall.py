@@ -225,7 +225,10 @@ def test_the_matched_transformer_holds_the_bans_parameters_and_runs_after_the_sc
       for lr in recall.LEARNING_RATES]
   runs += [_run("transformer_dot_matched", lr, acc) for lr, acc in zip(recall.LEARNING_RATES,
                                                                        (0.2, 0.4, 1.0))]
-  assert recall.plan(runs, both, ["matched"]) == [
+  runs += [_run("transformer_gravity", lr, acc) for lr, acc in zip(recall.LEARNING_RATES,
+                                                                   (0.2, 1.0, 0.99))]
+  assert recall.plan(runs, both + ["transformer_gravity"], ["matched"]) == [
       dict(recall.SCREEN, arm=arm, lr=recall.LEARNING_RATES[i], seed=seed)
-      for arm, i in (("transformer_dot", 1), ("transformer_dot_matched", 2))
+      for arm, i in (("transformer_dot", 1), ("transformer_gravity", 1),
+                     ("transformer_dot_matched", 2))
       for seed in recall.MATCHED_SEEDS]
