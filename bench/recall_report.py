@@ -324,8 +324,8 @@ def report(results, out_json):
                           f"{verdict(diff, se)} | {seeds} |")
   if verdicts:
     text += ["\n**Verdicts against the transformer (dot)**: *the arm recalls more accurately* "
-             "(Δ = arm − transformer_dot, each at its screened rate; SE over seeds where several, "
-             "else over the test queries only):\n",
+             "(Δ = arm − transformer_dot, each at its screened rate; SE over seeds where "
+             "several, else over the test queries only):\n",
              "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
              *verdicts]
   matched = []

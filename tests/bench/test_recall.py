@@ -231,4 +231,4 @@ def test_the_matched_transformer_holds_the_bans_parameters_and_runs_after_the_sc
       dict(recall.SCREEN, arm=arm, lr=recall.LEARNING_RATES[i], seed=seed)
       for arm, i in (("transformer_dot", 1), ("transformer_gravity", 1),
                      ("transformer_dot_matched", 2))
-      for seed in recall.MATCHED_SEEDS]
+      for seed in recall.MATCHED_SEEDS[arm]]
