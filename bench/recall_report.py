@@ -344,6 +344,20 @@ def report(results, out_json):
              "SE over seeds where several, else over the test queries only):\n",
              "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
              *matched]
+  tagging = []
+  for arm in recall.TAGGING_ARMS[1:]:
+    label, width = f"MQAR {recall.SCREEN['pairs']} pairs", recall.SCREEN["width"]
+    got = arm_vs_dot(runs, label, width, arm, base="default")
+    if got:
+      diff, se, seeds = got
+      tagging.append(f"| {label} | {width} | {arm} | {diff:+.1%} ± {se:.1%} | "
+                     f"{verdict(diff, se)} | {seeds} |")
+  if tagging:
+    text += ["\n**Context tagging**: *the variant recalls more accurately than the default "
+             "system's learned tagging* (Δ = variant − default, both at the default's rate; "
+             "SE over seeds where several, else over the test queries only):\n",
+             "| task | width | variant | Δ accuracy | verdict | seeds |",
+             "|---|---|---|---|---|---|", *tagging]
   for old in results.get("superseded", []):
     text.append(f"\n*Superseded design* ({old['design']}): {old['why']}")
   text.append("\n![recall](../bench/results/recall.png)")

@@ -87,6 +87,7 @@ def test_the_report_renders(tmp_path, monkeypatch):
   runs += [_run("transformer_dot", recall.LEARNING_RATES[1], acc, width=w)
            for w, acc in ((32, 0.4), (128, 1.0))]
   runs += [_run("default", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.2, 0.9, 0.5))]
+  runs.append(_run("default_tagging_off", recall.LEARNING_RATES[1], 1.0))
   runs += [_run("transformer_dot_matched", lr, acc)       # its own sweep, best 95%
            for lr, acc in zip(recall.LEARNING_RATES, (0.4, 0.95, 0.5))]
   budgets = ["32", "16"]
@@ -117,6 +118,9 @@ def test_the_report_renders(tmp_path, monkeypatch):
   assert "| MQAR 8 pairs | 64 | default | -10.0% ± " in text and "no (worse)" in text
   # ... and against the dot transformer of its parameters (95%).
   assert "| MQAR 8 pairs | 64 | default | -5.0% ± " in text.split("At equal parameters")[1]
+  # Tagging off (100%) against the default's learned tagging (90%), at the default's rate.
+  assert "| MQAR 8 pairs | 64 | default_tagging_off | +10.0% ± " in text.split(
+      "Context tagging")[1]
   # Gravity keeps 40 points more than recent at 32 slots, ties at 16.
   assert "32 slots: vs the best other policy (recent) yes (z +40.0)" in text
   assert "16 slots: vs the best other policy (recent) not shown" in text
@@ -232,3 +236,14 @@ def test_the_matched_transformer_holds_the_bans_parameters_and_runs_after_the_sc
       for arm, i in (("transformer_dot", 1), ("transformer_gravity", 1),
                      ("transformer_dot_matched", 2))
       for seed in recall.MATCHED_SEEDS[arm]]
+
+
+def test_the_tagging_stage_runs_three_seeds_of_each_variant_at_the_defaults_rate():
+  runs = [_run("default", lr, acc) for lr, acc in zip(recall.LEARNING_RATES, (0.2, 0.9, 0.5))]
+  cells = recall.plan(runs, list(recall.TAGGING_ARMS), ["tagging"])
+  rate = recall.LEARNING_RATES[1]
+  assert {(c["arm"], c["seed"]) for c in cells} == {
+      (arm, seed) for arm in recall.TAGGING_ARMS for seed in recall.TAGGING_SEEDS} - {
+          ("default", 0)}                                   # the screen ran it already
+  assert all(c["lr"] == rate and c["task"] == "mqar" for c in cells)
+  assert [c["seed"] for c in cells] == sorted(c["seed"] for c in cells)   # seed 0 first
