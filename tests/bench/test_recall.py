@@ -31,10 +31,12 @@ def test_the_plan_screens_first_then_uses_the_chosen_rate():
             and not recall.is_eviction_cell(c)}
   assert widths == {(p, recall.WIDTHS[0]) for p in recall.WIDTH_PAIRS}  # the smallest first
   assert {c["task"] for c in dot} == {"mqar", "induction", "copying"}
-  # 97% is between 50% and 99%: seeds 1 and 2 for that cell; 30% and 60% at other rates: no.
+  # The screen cell at the chosen rate gets the matched stage's seeds (which hold the seeds
+  # stage's 1 and 2 for a 97% cell); 30% and 60% at other rates: none.
   seeds = [c for c in dot if c["seed"] > 0]
-  assert [(c["lr"], c["seed"]) for c in seeds] == [(recall.LEARNING_RATES[1], 1),
-                                                   (recall.LEARNING_RATES[1], 2)]
+  assert [(c["lr"], c["seed"]) for c in seeds] == [
+      (recall.LEARNING_RATES[1], seed) for seed in recall.MATCHED_SEEDS["transformer_dot"]]
+  assert {1, 2} <= set(recall.MATCHED_SEEDS["transformer_dot"])
   # Ties go to the middle rate: all solved.
   tied = [_run("default", lr, 1.0) for lr in recall.LEARNING_RATES]
   assert recall.best_lr(tied, "default") == recall.LEARNING_RATES[1]
