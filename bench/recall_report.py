@@ -99,6 +99,21 @@ def arm_vs_dot(runs, label, width, arm, base="transformer_dot"):
   return diff, math.hypot(got[arm][1], got[base][1]), min(got[arm][2], got[base][2])
 
 
+def _verdict_table(runs, cells, base, title, column="arm") -> list[str]:
+  """A verdict table of (task label, width, arm) cells against `base`; [] when none ran."""
+  rows = []
+  for label, width, arm in cells:
+    got = arm_vs_dot(runs, label, width, arm, base=base)
+    if got:
+      diff, se, seeds = got
+      rows.append(f"| {label} | {width} | {arm} | {diff:+.1%} ± {se:.1%} | "
+                  f"{verdict(diff, se)} | {seeds} |")
+  if not rows:
+    return []
+  return [title, f"| task | width | {column} | Δ accuracy | verdict | seeds |",
+          "|---|---|---|---|---|---|", *rows]
+
+
 def _plot_extra(runs, png):
   """Accuracy vs length per positional kind, and vs cache budget per eviction policy."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -311,53 +326,27 @@ def report(results, out_json):
       widths = [smallest_solving_width(runs, label, arm) for label in labels]
       text.append(f"| {arm} | " + " | ".join("–" if w is None else str(w) for w in widths)
                   + " |")
-  verdicts = []
-  for label in sorted({task_label(r) for r in runs}):
-    for width in sorted({r["width"] for r in runs if task_label(r) == label}):
-      for arm in recall.ARMS:
-        if arm == "transformer_dot":
-          continue
-        got = arm_vs_dot(runs, label, width, arm)
-        if got:
-          diff, se, seeds = got
-          verdicts.append(f"| {label} | {width} | {arm} | {diff:+.1%} ± {se:.1%} | "
-                          f"{verdict(diff, se)} | {seeds} |")
-  if verdicts:
-    text += ["\n**Verdicts against the transformer (dot)**: *the arm recalls more accurately* "
-             "(Δ = arm − transformer_dot, each at its screened rate; SE over seeds where "
-             "several, else over the test queries only):\n",
-             "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
-             *verdicts]
-  matched = []
-  for label in sorted({task_label(r) for r in runs}):
-    for width in sorted({r["width"] for r in runs if task_label(r) == label}):
-      for arm in ("ban", "default"):
-        got = arm_vs_dot(runs, label, width, arm, base="transformer_dot_matched")
-        if got:
-          diff, se, seeds = got
-          matched.append(f"| {label} | {width} | {arm} | {diff:+.1%} ± {se:.1%} | "
-                         f"{verdict(diff, se)} | {seeds} |")
-  if matched:
-    text += ["\n**At equal parameters**: *the BAN recalls more accurately than a transformer of "
-             "its size* (Δ = arm − transformer_dot_matched, the dot transformer with an MLP of "
-             "3 × width, parameters within 1% of the BAN's, each at its own screened rate; "
-             "SE over seeds where several, else over the test queries only):\n",
-             "| task | width | arm | Δ accuracy | verdict | seeds |", "|---|---|---|---|---|---|",
-             *matched]
-  tagging = []
-  for arm in recall.TAGGING_ARMS[1:]:
-    label, width = f"MQAR {recall.SCREEN['pairs']} pairs", recall.SCREEN["width"]
-    got = arm_vs_dot(runs, label, width, arm, base="default")
-    if got:
-      diff, se, seeds = got
-      tagging.append(f"| {label} | {width} | {arm} | {diff:+.1%} ± {se:.1%} | "
-                     f"{verdict(diff, se)} | {seeds} |")
-  if tagging:
-    text += ["\n**Context tagging**: *the variant recalls more accurately than the default "
-             "system's learned tagging* (Δ = variant − default, both at the default's rate; "
-             "SE over seeds where several, else over the test queries only):\n",
-             "| task | width | variant | Δ accuracy | verdict | seeds |",
-             "|---|---|---|---|---|---|", *tagging]
+  every = [(label, width) for label in sorted({task_label(r) for r in runs})
+           for width in sorted({r["width"] for r in runs if task_label(r) == label})]
+  text += _verdict_table(
+      runs, [(label, width, arm) for label, width in every for arm in recall.ARMS
+             if arm != "transformer_dot"], "transformer_dot",
+      "\n**Verdicts against the transformer (dot)**: *the arm recalls more accurately* "
+      "(Δ = arm − transformer_dot, each at its screened rate; SE over seeds where "
+      "several, else over the test queries only):\n")
+  text += _verdict_table(
+      runs, [(label, width, arm) for label, width in every for arm in ("ban", "default")],
+      "transformer_dot_matched",
+      "\n**At equal parameters**: *the BAN recalls more accurately than a transformer of "
+      "its size* (Δ = arm − transformer_dot_matched, the dot transformer with an MLP of "
+      "3 × width, parameters within 1% of the BAN's, each at its own screened rate; "
+      "SE over seeds where several, else over the test queries only):\n")
+  screen = (f"MQAR {recall.SCREEN['pairs']} pairs", recall.SCREEN["width"])
+  text += _verdict_table(
+      runs, [(*screen, arm) for arm in recall.TAGGING_ARMS[1:]], "default",
+      "\n**Context tagging**: *the variant recalls more accurately than the default "
+      "system's learned tagging* (Δ = variant − default, both at the default's rate; "
+      "SE over seeds where several, else over the test queries only):\n", column="variant")
   for old in results.get("superseded", []):
     text.append(f"\n*Superseded design* ({old['design']}): {old['why']}")
   text.append("\n![recall](../bench/results/recall.png)")
