@@ -21,7 +21,8 @@ The plan, in stages (each run appended to bench/results/recall.json when it ends
   screen  MQAR with 8 pairs at width 64: a 3-rate sweep per arm (the gravity logit is bounded
           by M²/ε, so rates matter), widened past an edge (at most twice) while the best rate
           sits on it unsolved; the best rate is used from then on.
-  eviction the transformer (dot) and the default system trained on MQAR with 4 pairs at
+  eviction the transformer (dot), the default system and the default with surprisal masses
+          (the default's learned tagging blocks recall; surprisal tags do not) trained on MQAR with 4 pairs at
           T = 64, width 64, then tested with the queries at the end (placement "end",
           ~50 tokens after their keys), decoded token by token through
           `ban_jax.inference.decode.Decoder` with each of the seven cache policies at
@@ -37,16 +38,18 @@ The plan, in stages (each run appended to bench/results/recall.json when it ends
           may not reach)?
   widths  MQAR with 8, 4 and 12 pairs at widths 32, 64, 128 per main arm, in ascending width
           until one solves: the smallest width that solves each, as Zoology's figure reports.
-  length  the BAN (dot score) with each positional kind (rope, power_law, alibi, none; the
-          arms of bench/extrapolation.py) trained at T = 128 on MQAR 8 and induction at width
-          64, then tested at T = 256, 512, 1024 on 1,000 fresh sequences each.
+  length  each positional kind (rope, power_law, alibi, none) in a model that solves the task
+          at T = 64: on induction the BAN (dot score; the arms of bench/extrapolation.py),
+          on MQAR 8 the default system with tagging off (the BAN with the dot score never
+          solved MQAR 8), trained at T = 128 at width 64, then tested at T = 256, 512,
+          1024 on 1,000 fresh sequences each.
   tasks   induction heads and selective copying at width 64 per main arm.
   tagging the default system with tagging learned (the default), off and from surprisal on
           MQAR 8 at width 64, seeds 0-2 each (seed 0 with tagging off solved it where the
           default reached 26.3%: a verdict that one draw of a transition cannot carry).
   seeds   seeds 1 and 2 for every cell whose accuracy landed between 50% and 99%.
-Every arm takes its rate from its own screen, but the tagging variants take the default's, the
-positional variants the BAN's (one sweep per model, not per knob); the matched transformer is a
+Every arm takes its rate from its own screen, but the tagging variants (and their positional
+variants) take the default's, the BAN's positional variants the BAN's (one sweep per model, not per knob); the matched transformer is a
 model of its own size and gets its own sweep (at the dot transformer's rate it reached 13.2%).
 """
 
@@ -89,7 +92,10 @@ WIDTH_PAIRS = (8, 4, 12)                    # 12 pairs fill 3/4 of T = 64 (16 wo
 # ~50 tokens after their keys, where a bounded cache must have kept them.
 EVICTION = dict(task="mqar", pairs=4, placement="uniform", eval_placement="end", width=64,
                 seq_len=SEQ_LEN)
-EVICTION_ARMS = ("transformer_dot", "default")
+# The default system never solved this cell (51.5%, 50.4% after 3x the steps): its learned
+# tagging blocks recall (the tagging stage). The default with surprisal masses solves MQAR and
+# has real masses for gravity to score, so it is the BAN side of the eviction verdict.
+EVICTION_ARMS = ("transformer_dot", "default", "default_surprisal_tags")
 EVICTION_POLICIES = ("full", "recent", "sinks", "h2o", "tova", "knorm", "gravity")
 # Gravity and H2O keep the newest half of the budget by default (the seed's and H2O's own
 # split); these variants give the whole budget to the score, as Knorm and TOVA do.
@@ -99,7 +105,13 @@ GRAVITY_FAMILY = ("gravity", "gravity_r0")  # compared with every policy outside
 EVICTION_FRACTIONS = (4, 8, 16)             # budgets of SEQ_LEN / 4, / 8, / 16 slots
 EVICTION_SEQUENCES = 1000
 EVICTION_RETRY = 3                          # x STEPS, for a model the first run left unsolved
-LENGTH_ARMS = ("ban", "ban_power_law", "ban_alibi", "ban_none")
+# Each task's length arms are a model that solves it at T = 64, with each positional kind:
+# induction the BAN (dot score; bench/extrapolation.py's arms), MQAR the default system with
+# tagging off (the BAN with the dot score never solved MQAR 8, 30.5% at best: a length test of
+# a model that cannot recall at its training length would measure nothing).
+LENGTH_ARMS = {"mqar": ("default_tagging_off", "default_tagging_off_rope",
+                        "default_tagging_off_alibi", "default_tagging_off_none"),
+               "induction": ("ban", "ban_power_law", "ban_alibi", "ban_none")}
 LENGTH_CELLS = (dict(task="mqar", pairs=8, width=64, seq_len=LONG_TRAIN_LEN),
                 dict(task="induction", width=64, seq_len=LONG_TRAIN_LEN))
 LONG_LENS = (256, 512, 1024)
@@ -120,6 +132,8 @@ ARMS = {
     "default_surprisal_tags": dict(_DEFAULT, tagging_source="surprisal"),
     **{f"ban_{kind}": dict(preset="ban", attention="dot", positional=kind, tagging=False)
        for kind in ("power_law", "alibi", "none")},
+    **{f"default_tagging_off_{kind}": dict(_DEFAULT, tagging=False, positional=kind)
+       for kind in ("rope", "alibi", "none")},
 }
 # The matched stage's seeds at the screening cell. The dot and gravity transformers get five
 # in all: after three the dot transformer had solved 1 of 3 and the gravity one 2 of 2, a
@@ -127,6 +141,7 @@ ARMS = {
 MATCHED_SEEDS = {"transformer_dot": (1, 2, 3, 4), "transformer_gravity": (1, 2, 3, 4),
                  "transformer_dot_matched": (1, 2)}
 RATE_FROM = {"default_tagging_off": "default", "default_surprisal_tags": "default",
+             **{f"default_tagging_off_{k}": "default" for k in ("rope", "alibi", "none")},
              "ban_power_law": "ban", "ban_alibi": "ban", "ban_none": "ban"}
 TAGGING_ARMS = ("default", "default_tagging_off", "default_surprisal_tags")
 TAGGING_SEEDS = (0, 1, 2)
@@ -247,7 +262,7 @@ def _same(cell: dict, spec: dict) -> bool:
 
 
 def is_length_cell(cell: dict) -> bool:
-  return cell["arm"] in LENGTH_ARMS and any(
+  return cell["arm"] in LENGTH_ARMS.get(cell["task"], ()) and any(
       _same(cell, dict(c, placement="uniform") if c["task"] == "mqar" else c)
       for c in LENGTH_CELLS)
 
@@ -401,7 +416,8 @@ def plan(runs, arms, stages) -> list[dict]:
         if not done or done[0]["accuracy"] >= SOLVED:
           break
   by_stage["length"] = [dict(c, arm=arm, lr=rates[arm], seed=0) for c in LENGTH_CELLS
-                        for arm in arms if arm in LENGTH_ARMS and rates[arm] is not None]
+                        for arm in LENGTH_ARMS[c["task"]]
+                        if arm in arms and rates[arm] is not None]
   by_stage["tasks"] = [dict(task=task, width=64, arm=arm, lr=rates[arm], seed=0)
                        for task in ("induction", "copying") for arm in main]
   # Seed 0 of each variant first, then every seed of all three (the default included).

@@ -149,15 +149,24 @@ def test_widths_ascend_until_one_solves_and_variants_take_their_models_rate():
   solved_small = [_run("ban", lr, acc) for lr, acc in zip(rates, (0.2, 0.9, 0.5))]
   solved_small.append(_run("ban", rates[1], 1.0, width=32))
   assert widths_planned(solved_small) == []              # 64 and 128 never trained
-  # The positional variants are the BAN's length cells at the BAN's rate; no screen of their own.
-  length = recall.plan(runs, ["ban", "ban_alibi", "ban_none"], ["screen", "length"])
+  # The positional variants are the length cells at their model's rate; no screen of their
+  # own. Induction's are the BAN's, MQAR's the default system's with tagging off.
+  arms = ["ban", "ban_alibi", "ban_none"]
+  length = recall.plan(runs, arms, ["screen", "length"])
   assert {c["lr"] for c in length} == {rates[1]}
   assert {(c["arm"], c["task"]) for c in length if recall.is_length_cell(c)} == {
-      (a, t) for a in ("ban", "ban_alibi", "ban_none") for t in ("mqar", "induction")}
-  runs.append(_run("ban", rates[1], 1.0, **recall.LENGTH_CELLS[0]))
-  again = recall.plan(runs, ["ban", "ban_alibi", "ban_none"], ["length"])
-  assert ("ban", "mqar") not in {(c["arm"], c["task"]) for c in again}   # done: not again
+      (a, "induction") for a in arms}
+  runs.append(_run("ban", rates[1], 1.0, **dict(recall.LENGTH_CELLS[1], pairs=None)))
+  again = recall.plan(runs, arms, ["length"])
+  assert ("ban", "induction") not in {(c["arm"], c["task"]) for c in again}  # done: not again
   assert all(recall.is_length_cell(c) for c in length)
+  runs += [_run("default", lr, acc) for lr, acc in zip(rates, (0.2, 0.3, 0.25))]
+  mqar = recall.plan(runs, list(recall.LENGTH_ARMS["mqar"]), ["screen", "length"])
+  assert [c["arm"] for c in mqar] == list(recall.LENGTH_ARMS["mqar"])
+  assert {c["lr"] for c in mqar} == {rates[1]} and all(recall.is_length_cell(c) for c in mqar)
+  assert {recall.ARMS[a]["positional"] for a in recall.LENGTH_ARMS["mqar"]} == {
+      recall.ARMS[a]["positional"] for a in recall.LENGTH_ARMS["induction"]} == {
+          "rope", "power_law", "alibi", "none"}
 
 
 def test_a_length_cell_reports_longer_lengths(monkeypatch):
