@@ -154,8 +154,11 @@ def check(config, topology: str = "", programs=("train", "eval", "decode"), larg
   if train is not None and (largest or not fits):
     batch, tried = aot.largest_batch(config, devices, int(budget), train, data, log=log)
     report["largest_batch"] = batch
+    report["largest_batch_capped"] = batch >= aot.search_cap(config, len(devices))
     report["largest_batch_compiles"] = tried
-    log(f"largest global batch that fits: {batch}")
+    log(f"largest global batch that fits: {batch}" + (
+        f" at least (the search stops at {aot.MAX_SEARCH_FACTOR}x the configured batch)"
+        if report["largest_batch_capped"] else ""))
   if train is not None:
     log(f"fits: {'yes' if fits else 'NO'} ({_size(train.total)} of {hbm / aot.GIB:.1f} GiB "
         f"per device, limit {100 * hbm_fraction:.0f}%); first step after "

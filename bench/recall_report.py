@@ -26,7 +26,7 @@ def task_label(r) -> str:
   if r.get("eval_placement"):
     notes.append(f"tested {r['eval_placement']}")
   length = r.get("seq_len", recall.SEQ_LEN)
-  if length != recall.SEQ_LEN:
+  if length != recall.SEQ_LEN or r.get("length_test"):
     notes.append(f"T = {length}")
   if r.get("train_steps"):
     notes.append(f"{r['train_steps']:,} steps")
@@ -131,8 +131,8 @@ def _plot_extra(runs, png):
         pts = sorted((int(t), a) for t, a in r["lengths"].items())
         ax.plot(*zip(*pts), "o-", label=recall.ARMS[r["arm"]]["positional"])
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("test length T (trained at 128)")
-        ax.set_title(f"{panel}: positional kinds (BAN)")
+        ax.set_xlabel(f"test length T (trained at {pts[0][0]})")
+        ax.set_title(f"{panel}: positional kinds")
     for i, r in enumerate(evict):
       if i == panel:
         ev = r["eviction"]
@@ -197,10 +197,10 @@ def length_lines(runs) -> list[str]:
   if not length:
     return []
   lens = sorted({int(t) for r in length for t in r["lengths"]})
-  text = ["\n**Length generalisation on recall** (the BAN, dot score, width 64, trained at "
-          f"T = {recall.LONG_TRAIN_LEN}; {recall.LONG_SEQUENCES:,} fresh sequences per longer "
-          "length; "
-          "the seeds' std where several):\n",
+  text = ["\n**Length generalisation on recall** (width 64, trained at the task's T, the "
+          "first column with a figure; induction: the BAN with the dot score, MQAR: the "
+          "default system with tagging off; "
+          f"{recall.LONG_SEQUENCES:,} fresh sequences per longer length):\n",
           "| task | positional | " + " | ".join(f"T = {t}" for t in lens) + " |",
           "|---|---|" + "---|" * len(lens)]
   for r in sorted(length, key=lambda r: (task_label(r), r["arm"])):
@@ -290,7 +290,7 @@ def report(results, out_json):
           "Written by `python bench/recall.py --report_only` from `bench/results/recall.json` "
           f"({len(runs)} runs, {results.get('wall_s', 0) / 3600:.1f} h of training on the "
           f"machine that ran them). Models of {recall.LAYERS} layers, head_dim "
-          f"{recall.HEAD_DIM}, trained at T = {recall.SEQ_LEN} (the length cells "
+          f"{recall.HEAD_DIM}, trained at T = {recall.SEQ_LEN} (induction's length cells "
           f"at {recall.LONG_TRAIN_LEN}) in batches of {recall.BATCH} on fresh sequences for the "
           "steps shown; accuracy is exact match per query on "
           f"{recall.EVAL_SEQUENCES:,} fresh sequences; ✓ = solved (≥ 99%). The plan and the "

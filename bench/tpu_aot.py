@@ -85,6 +85,13 @@ def gib(x):
   return f"{x / 2 ** 30:.2f}"
 
 
+def _largest(cell) -> str:
+  r = cell["report"]
+  if "largest_batch" not in r:
+    return cell.get("largest_batch_status", "–")     # e.g. a search that timed out
+  return ("≥ " if r.get("largest_batch_capped") else "") + str(r["largest_batch"])
+
+
 def report_md(rec) -> str:
   lines = ["<!-- begin tpu_aot -->", "## Compiled for TPUs, without a TPU (`ban_jax.aot`)", "",
            "Each row: the preset's train step (with its selection strategy), eval step and a "
@@ -111,7 +118,7 @@ def report_md(rec) -> str:
         f"{r.get('flops', {}).get('per_step', float('nan')):.2e} | "
         f"{1e3 * roof.get('step_s', float('nan')):.1f} ms ({roof.get('bound', '?')}) | "
         f"{100 * roof.get('mfu_bound', float('nan')):.0f}% | {t.get('compile_s', 0):.0f} s | "
-        f"{r.get('largest_batch', '–')} |")
+        f"{_largest(c)} |")
   done = [c for c in rec["cells"] if c.get("report")]
   lines += ["", f"{len(done)} of {len(PRESETS) * len(SLICES)} cells; "
             f"{sum(c['wall_s'] for c in rec['cells']) / 60:.0f} minutes of compiling in all.",
@@ -149,7 +156,7 @@ def main():
     # With --largest_batch, a row measured without it is done again.
     done = {(c["preset"], c["topology"]) for c in rec["cells"] if c.get("report")
             and (not args.largest_batch or "largest_batch" in c["report"]
-                 or c["status"] != "fits")}
+                 or c["status"] != "fits" or "largest_batch_status" in c)}
     # Slice by slice, so that a deadline leaves whole columns (the pod slice last).
     todo = [(p, s, m) for s, m in SLICES for p in args.presets.split(",")
             if s in args.slices.split(",") and (p, s) not in done]
@@ -161,8 +168,12 @@ def main():
       left = max(60, int(args.deadline_s - (time.time() - t0))) if args.deadline_s < 1e9 else None
       cell = run_cell(preset, slice_name, mesh, min(args.cell_timeout_s, left or 10 ** 9),
                       args.largest_batch)
-      rec["cells"] = [c for c in rec["cells"]
-                      if (c["preset"], c["topology"]) != (preset, slice_name)] + [cell]
+      same = lambda c: (c["preset"], c["topology"]) == (preset, slice_name)
+      old = next((c for c in rec["cells"] if same(c) and c.get("report")), None)
+      if old and not cell.get("report"):
+        # A rerun for the largest batch that fails (a timeout) never erases a row that fit.
+        cell = dict(old, largest_batch_status=cell["status"])
+      rec["cells"] = [c for c in rec["cells"] if not same(c)] + [cell]
       save(rec)
       elapsed = time.time() - t0
       print(f"[{elapsed / 60:5.1f} min] {preset} on {slice_name} (batch {cell['global_batch']}):"

@@ -185,3 +185,29 @@ def test_the_largest_batch_search_bisects_past_a_compiler_out_of_memory(monkeypa
       RuntimeError("INTERNAL: something else")))
   with pytest.raises(RuntimeError, match="something else"):     # other errors are not hidden
     aot_lib.largest_batch(config, [object()] * 4, 10 ** 6, fake(16))
+
+
+def test_the_largest_batch_search_stops_at_its_cap(monkeypatch):
+  """A line reaching far past the cap, or memory flat between the first two batches (seen for
+  smoke on a v4: the half batch took more), compiles the cap itself and reports it as a floor."""
+  def fake(batch, flat=False):
+    temporaries = 5000 if flat else 1000 * batch
+    return aot_lib.Compiled(name="train", compile_s=1.0, arguments=0, outputs=0,
+                            temporaries=temporaries, code=0, aliased=0)
+  config = wiki.get_config("smoke")
+  config.train.batch_size = 16
+  cap = aot_lib.search_cap(config, 4)
+  assert cap == 16 * aot_lib.MAX_SEARCH_FACTOR
+  for flat in (False, True):
+    compiled = []
+    monkeypatch.setattr(aot_lib, "compile_train", lambda config, devices, data=None: (
+        compiled.append(config.train.batch_size) or fake(config.train.batch_size, flat)))
+    batch, tried = aot_lib.largest_batch(config, [object()] * 4, 10 ** 9, fake(16, flat))
+    assert batch == cap and max(compiled) == cap and len(compiled) == 2
+    assert tried[-1] == dict(batch=cap, total=fake(cap, flat).total, compile_s=1.0)
+  # Below the cap the search is unchanged: it finds the largest batch that fits.
+  compiled.clear()
+  monkeypatch.setattr(aot_lib, "compile_train", lambda config, devices, data=None: (
+      compiled.append(config.train.batch_size) or fake(config.train.batch_size)))
+  batch, _ = aot_lib.largest_batch(config, [object()] * 4, 200_000, fake(16))
+  assert batch == 200 and max(compiled) < cap

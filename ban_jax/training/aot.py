@@ -214,6 +214,16 @@ def count_flops(config) -> dict:
 
 
 MAX_FIT_COMPILES = 8  # after the line's two points: a bound on one search's compiles
+# The search compiles no batch above this multiple of the configured one: a tiny model's line
+# predicts batches (60,446 rows for smoke on a v5e; more on a v5p's 95 GiB) whose compile
+# alone takes most of an hour, for a size nobody trains at. A batch that fits at the cap is
+# reported as "at least" it.
+MAX_SEARCH_FACTOR = 64
+
+
+def search_cap(config, n: int) -> int:
+  """The largest global batch `largest_batch` compiles for `config` on `n` devices."""
+  return max(config.train.batch_size * MAX_SEARCH_FACTOR // n * n, n)
 
 
 def largest_batch(config, devices, hbm_bytes: int, first: Compiled, data=None,
@@ -223,20 +233,25 @@ def largest_batch(config, devices, hbm_bytes: int, first: Compiled, data=None,
   Memory is close to linear in the batch: a second compile at another batch fits the line, a
   third verifies the batch it predicts (stepping down a device's worth of rows until one fits).
   A batch so far past the line that the compiler runs out of HBM is bisected against the
-  largest batch known to fit; at most MAX_FIT_COMPILES compiles after the first two.
+  largest batch known to fit; at most MAX_FIT_COMPILES compiles after the first two. No batch
+  above `search_cap` is compiled: where the line reaches past it (or memory does not grow
+  between the first two batches, constants dominating), the cap itself is tried, and a cap
+  that fits is returned, meaning "at least this".
   Returns (batch, the compiles made, as dicts).
   """
   n = len(devices)
   b1 = config.train.batch_size
+  cap = search_cap(config, n)
   b2 = b1 // 2 if b1 // 2 >= n and (b1 // 2) % n == 0 else b1 * 2
   second = compile_train(with_batch(config, b2), devices, data)
   log(f"train step at batch {b2}: {second.total / GIB:.2f} GiB per device "
       f"({second.compile_s:.0f} s)")
   tried = [dict(batch=b2, total=second.total, compile_s=second.compile_s)]
   slope = (second.total - first.total) / (b2 - b1)
-  if slope <= 0:
-    return 0, tried
-  guess = int((hbm_bytes - first.total) / slope + b1) // n * n
+  if slope > 0:
+    guess = min(int((hbm_bytes - first.total) / slope + b1) // n * n, cap)
+  else:
+    guess = cap
   # Fitting batches known so far (`first` is the configured batch, which fits when this runs).
   fits = [b for b, c in ((b1, first), (b2, second)) if c.total <= hbm_bytes]
   lo, hi = max(fits, default=0), None
@@ -257,8 +272,10 @@ def largest_batch(config, devices, hbm_bytes: int, first: Compiled, data=None,
     tried.append(dict(batch=guess, total=check.total, compile_s=check.compile_s))
     log(f"train step at batch {guess}: {check.total / GIB:.2f} GiB per device "
         f"({check.compile_s:.0f} s)")
+    if check.total > first.total and guess != b1:   # the farther point fits the line better
+      slope = (check.total - first.total) / (guess - b1)
     if check.total <= hbm_bytes:
-      if hi is None or hi - guess <= n:
+      if guess >= cap or hi is None or hi - guess <= n:
         return guess, tried
       lo = guess
       guess = (lo + hi) // 2 // n * n
