@@ -258,3 +258,16 @@ def test_the_tagging_stage_runs_three_seeds_of_each_variant_at_the_defaults_rate
           ("default", 0)}                                   # the screen ran it already
   assert all(c["lr"] == rate and c["task"] == "mqar" for c in cells)
   assert [c["seed"] for c in cells] == sorted(c["seed"] for c in cells)   # seed 0 first
+
+
+def test_the_mqar_length_cell_is_not_the_tagging_stages_run_of_the_same_model():
+  # Same arm, task, width and T as a tagging-stage run, but tested at longer lengths too.
+  rates = recall.LEARNING_RATES
+  runs = [_run("default", lr, acc) for lr, acc in zip(rates, (0.2, 0.3, 0.25))]
+  runs.append(_run("default_tagging_off", rates[1], 1.0))
+  cells = recall.plan(runs, ["default_tagging_off"], ["length"])
+  assert len(cells) == 1 and recall.is_length_cell(cells[0])
+  assert recall.key_of(cells[0]) != recall.key_of(runs[-1])
+  assert not recall.is_length_cell(runs[-1])
+  assert recall_report.task_label(cells[0]) == "MQAR 8 pairs (T = 64)"
+  assert recall_report.task_label(runs[-1]) == "MQAR 8 pairs"
